@@ -16,9 +16,12 @@ def rand(like: Tensor, generator=None, shape=None) -> Tensor:
                       dtype=like.dtype, device=like.device)
 
 
-def as_param(value, like: Tensor) -> Tensor:
-    """A process parameter (float or 0-d tensor) as a tensor on ``like``'s device and dtype."""
-    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+def as_param(value, like: Tensor):
+    """A process parameter on ``like``'s device and dtype: Python numbers stay numbers (torch
+    passes them to kernels as arguments, with no host-to-device copy), tensors are moved."""
+    if isinstance(value, Tensor):
+        return value.to(device=like.device, dtype=like.dtype)
+    return float(value)
 
 
 def on_host(x: Tensor) -> bool:

@@ -44,7 +44,7 @@ class OrnsteinUhlenbeck(_Euclidean):
     def _decay_and_variance(self, u: Tensor, like: Tensor):
         theta, sigma = as_param(self.reversion, like), as_param(self.volatility, like)
         decay = torch.exp(-theta * u)
-        return decay, -sigma ** 2 * torch.expm1(-2 * theta * u) / (2 * theta)
+        return decay, -(sigma ** 2) * torch.expm1(-2 * theta * u) / (2 * theta)
 
     def sample_forward(self, t, x0, generator=None):
         mu = as_param(self.mean, x0)
@@ -63,7 +63,7 @@ class OrnsteinUhlenbeck(_Euclidean):
     def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
         z = torch.randn(shape, generator=generator, device=device,
                         dtype=dtype or torch.get_default_dtype())
-        sd = as_param(self.volatility, z) / (2 * as_param(self.reversion, z)).sqrt()
+        sd = as_param(self.volatility, z) / (2 * as_param(self.reversion, z)) ** 0.5
         return as_param(self.mean, z) + sd * z
 
     def scaler(self, t):
