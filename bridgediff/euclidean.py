@@ -9,6 +9,17 @@ from .process import Process
 __all__ = ["OrnsteinUhlenbeck", "BrownianMotion"]
 
 
+def _normal(offset: Tensor, terms, sd: Tensor, like: Tensor, generator) -> Tensor:
+    """offset + Σ c·x over (c, x) in terms + sd·ε, ε ~ N(0, I) of ``like``'s shape.
+
+    One fused multiply-add pass per term: these samplers run at the speed of the noise draw.
+    """
+    out = torch.addcmul(offset, sd, randn(like, generator))
+    for coef, x in terms:
+        out = out.addcmul_(coef, x)
+    return out
+
+
 class _Euclidean(Process):
     """Shared checks and loss of the real-valued processes (squared error)."""
 
@@ -47,18 +58,19 @@ class OrnsteinUhlenbeck(_Euclidean):
         return decay, -(sigma ** 2) * torch.expm1(-2 * theta * u) / (2 * theta)
 
     def sample_forward(self, t, x0, generator=None):
-        mu = as_param(self.mean, x0)
         a, v = self._decay_and_variance(t, x0)
-        return mu + a * (x0 - mu) + v.sqrt() * randn(x0, generator)
+        return _normal(as_param(self.mean, x0) * (1 - a), [(a, x0)], v.sqrt(), x0, generator)
 
     def endpoint_conditioned_sample(self, s, t, x0, x_t, generator=None):
-        mu = as_param(self.mean, x_t)
+        # The mean m_s + a_{t-s} v_s / v_t (x_t - m_t) is α x0 + β x_t + μ(1 - α - β) with
+        # α = a_s v_{t-s} / v_t and β = a_{t-s} v_s / v_t (using v_t = a_{t-s}² v_s + v_{t-s}).
         a_s, v_s = self._decay_and_variance(s, x_t)
         a_d, v_d = self._decay_and_variance(t - s, x_t)
-        a_t, v_t = self._decay_and_variance(t, x_t)
-        m_s, m_t = mu + a_s * (x0 - mu), mu + a_t * (x0 - mu)
-        mean = m_s + (a_d * v_s / v_t) * (x_t - m_t)
-        return mean + (v_s * v_d / v_t).sqrt() * randn(x_t, generator)
+        _, v_t = self._decay_and_variance(t, x_t)
+        alpha, beta = a_s * v_d / v_t, a_d * v_s / v_t
+        offset = as_param(self.mean, x_t) * (1 - alpha - beta)
+        return _normal(offset, [(alpha, x0), (beta, x_t)], (v_s * v_d / v_t).sqrt(), x_t,
+                       generator)
 
     def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
         z = torch.randn(shape, generator=generator, device=device,
@@ -86,11 +98,12 @@ class BrownianMotion(_Euclidean):
         self.rate = positive("rate", rate)
 
     def sample_forward(self, t, x0, generator=None):
-        return x0 + (as_param(self.rate, x0) * t).sqrt() * randn(x0, generator)
+        return _normal(x0, [], (as_param(self.rate, x0) * t).sqrt(), x0, generator)
 
     def endpoint_conditioned_sample(self, s, t, x0, x_t, generator=None):
         r = as_param(self.rate, x_t)
-        return x0 + (s / t) * (x_t - x0) + (r * s * (t - s) / t).sqrt() * randn(x_t, generator)
+        sd = (r * s * (t - s) / t).sqrt()
+        return _normal(x0 * ((t - s) / t), [(s / t, x_t)], sd, x_t, generator)
 
     def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
         raise ValueError("BrownianMotion has no equilibrium distribution; start the backward "
