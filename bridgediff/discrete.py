@@ -1,25 +1,393 @@
-"""Discrete processes (placeholder: being written for issue 4)."""
+r"""Discrete processes: continuous-time Markov chains on integer states, exact in closed form.
 
+A chain with generator Q (rows sum to 0) has transition matrices P(u) = exp(uQ):
+
+* forward: :math:`x_t \sim \mathrm{Categorical}(P(t)[x_0, :])`;
+* bridge, hard x0 = i, x_t = l: :math:`p(x_s = j) \propto P(s)[i, j]\, P(t-s)[j, l]`;
+* bridge, soft x0 (the guess returns probabilities :math:`\hat p` over x0 given x_t):
+
+  .. math::
+      p(x_s = j \mid x_t = l) = \sum_i \hat p_i\, P(s)[i, j]\, P(t-s)[j, l] / P(t)[i, l],
+
+  the exact marginal over x0 when :math:`\hat p` is the posterior p(x0 | x_t). Dividing by
+  P(t)[i, l] removes x_t's evidence that the posterior already holds (Diffusions.jl omits it
+  and counts that evidence twice). Weight on an x0 that cannot reach x_t is ignored.
+
+States are integer tensors (int64 in the examples; outputs keep the input's integer dtype);
+soft x0 is a float tensor (..., k) of non-negative weights, normalised internally.
+"""
+
+import operator
+
+import torch
+from torch import Tensor
+
+from ._util import as_param, on_host, positive, rand
 from .process import Process
 
 __all__ = ["UniformDiscrete", "IndependentDiscrete", "GeneralDiscrete", "AbsorbingDiscrete"]
 
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
-class UniformDiscrete(Process):
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError
-
-
-class IndependentDiscrete(Process):
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError
+# Diffusions.jl's standardloss: cross-entropy divided by (k - 1)/k, times 1.44.
+_LOSS_GAIN = 1.44
 
 
-class GeneralDiscrete(Process):
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError
+# ---------------------------------------------------------------- helpers
+
+def _categorical(weights: Tensor, generator=None) -> Tensor:
+    """Draw indices (...) int64 with probabilities ∝ ``weights`` (..., k), by inverse CDF."""
+    cdf = weights.cumsum(-1)
+    u = rand(cdf, generator, shape=cdf.shape[:-1] + (1,)) * cdf[..., -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(weights.shape[-1] - 1)
 
 
-class AbsorbingDiscrete(Process):
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError
+def _sample_cdf(cdf: Tensor, shape, generator=None) -> Tensor:
+    """Draw int64 indices of ``shape`` from a 1-D cumulative distribution ``cdf`` (k,)."""
+    u = rand(cdf, generator, shape=shape) * cdf[-1]
+    return torch.searchsorted(cdf, u, right=True).clamp_max(cdf.shape[0] - 1)
+
+
+def _state_dtype(dtype) -> torch.dtype:
+    """States are int64 unless an integer dtype is asked for (a float dtype is irrelevant)."""
+    return dtype if dtype in _INT_DTYPES else torch.int64
+
+
+def _num_states(name: str, k) -> int:
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(k).__name__}") from None
+    if k < 2:
+        raise ValueError(f"{name} must be at least 2, got {k}")
+    return k
+
+
+def _float64_tensor(name: str, value, ndim: int) -> Tensor:
+    """A parameter as a float64 CPU tensor with ``ndim`` dimensions and finite entries."""
+    try:
+        v = torch.as_tensor(value.detach() if isinstance(value, Tensor) else value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a tensor or a nested sequence of numbers, "
+                        f"got {type(value).__name__}") from None
+    if not (v.is_floating_point() or v.dtype in _INT_DTYPES):
+        raise TypeError(f"{name} must be real-valued, got dtype {v.dtype}")
+    if v.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(v.shape)}")
+    v = v.to("cpu", torch.float64)
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name} must be finite")
+    return v
+
+
+def _rows(mats: Tensor, index: Tensor) -> Tensor:
+    """``mats[b, index]`` for each element: mats (Bt, k, k) holds one matrix per time, and the
+    elements of ``index`` (B, ...) or (...) are grouped by time along the leading dimension."""
+    bt, k = mats.shape[0], mats.shape[-1]
+    flat = index.reshape(bt, -1)
+    batch = torch.arange(bt, device=index.device).unsqueeze(-1)
+    return mats[batch, flat].reshape(index.shape + (k,))
+
+
+# ---------------------------------------------------------------- shared base
+
+class _Discrete(Process):
+    """Integer states [0, n_states), probabilities over the k data states, and the loss.
+
+    Subclasses set ``rate`` (for the scaler), ``k`` (data states: the length of soft x0 and
+    of the loss's logits) and ``_n_states`` (all states), and implement ``_hard_bridge`` and
+    ``_soft_bridge``.
+    """
+
+    def _param(self, name: str, like: Tensor) -> Tensor:
+        """The float64 CPU parameter ``name`` on ``like``'s device and dtype, cached, so that
+        no call copies it from the host again."""
+        cache = self.__dict__.setdefault("_cache", {})
+        key = (name, like.device, like.dtype)
+        if key not in cache:
+            cache[key] = getattr(self, name).to(like.device, like.dtype)
+        return cache[key]
+
+    def check_state(self, x: Tensor, name: str) -> None:
+        if x.dtype not in _INT_DTYPES:
+            raise TypeError(f"{name} must be an integer tensor of states for "
+                            f"{type(self).__name__}, got dtype {x.dtype}")
+        n = self._n_states
+        if on_host(x) and x.numel() and (bool(x.min() < 0) or bool(x.max() >= n)):
+            raise ValueError(f"{name} has states outside [0, {n}) for {type(self).__name__}: "
+                             f"min {int(x.min())}, max {int(x.max())}")
+
+    def check_endpoints(self, x0: Tensor, x_t: Tensor) -> None:
+        if not x0.is_floating_point():
+            self.check_state(x0, "x0")
+            super().check_endpoints(x0, x_t)
+            return
+        expected = tuple(x_t.shape) + (self.k,)
+        if tuple(x0.shape) != expected:
+            raise ValueError(f"x0 given as probabilities must have shape {expected} (x_t's shape "
+                             f"plus the {self.k} data states of {type(self).__name__}), got "
+                             f"{tuple(x0.shape)}")
+        if on_host(x0) and not bool(((x0 >= 0) & torch.isfinite(x0)).all()
+                                    & (x0.sum(-1) > 0).all()):
+            raise ValueError("x0 given as probabilities must be finite, non-negative and have a "
+                             "positive sum over the last dimension")
+
+    def endpoint_conditioned_sample(self, s, t, x0, x_t, generator=None):
+        if x0.is_floating_point():
+            x_s = self._soft_bridge(s, t, x0, x_t, generator)
+        else:
+            x_s = self._hard_bridge(s, t, x0, x_t, generator)
+        return x_s.to(x_t.dtype)
+
+    def loss(self, x0_hat: Tensor, x0: Tensor) -> Tensor:
+        """Cross-entropy of logits ``x0_hat`` (..., k) against states ``x0`` (...), divided by
+        (k - 1)/k and times 1.44 (Diffusions.jl's standardloss); shape of ``x0``."""
+        if not x0_hat.is_floating_point():
+            raise TypeError(f"x0_hat must be float logits, got dtype {x0_hat.dtype}")
+        expected = tuple(x0.shape) + (self.k,)
+        if tuple(x0_hat.shape) != expected:
+            raise ValueError(f"x0_hat must be logits of shape {expected} (x0's shape plus "
+                             f"{self.k} states), got {tuple(x0_hat.shape)}")
+        log_p = torch.log_softmax(x0_hat, dim=-1)
+        nll = -log_p.gather(-1, x0.long().unsqueeze(-1)).squeeze(-1)
+        return nll * (_LOSS_GAIN * self.k / (self.k - 1))
+
+    def scaler(self, t: Tensor) -> Tensor:
+        """sqrt(1 - exp(-rate t)), Diffusions.jl's default."""
+        return (-torch.expm1(-as_param(self.rate, t) * t)).sqrt()
+
+
+class _MarkovChain(_Discrete):
+    """Soft-x0 bridge of a chain given P(u)[:, l] (``_column``) and w @ P(u) (``_propagate``)."""
+
+    def _soft_bridge(self, s, t, probs, x_t, generator):
+        column_t = self._column(t, x_t)
+        w = torch.where(column_t > 0, probs / column_t, 0)
+        return _categorical(self._propagate(w, s) * self._column(t - s, x_t), generator)
+
+
+# ---------------------------------------------------------------- jumps to a fixed law
+
+class _Jumps(_MarkovChain):
+    r"""Chains that jump at rate r to a fresh draw from π: Q = r (1 πᵀ − I),
+    P(u) = α_u I + (1 − α_u) 1 πᵀ with α_u = e^{−ru}.
+
+    Hard x0 costs O(1) per element plus one draw from π. The bridge is the mixture
+    p(x_s) ∝ α_s (α_{t−s} [x0 = x_t] + (1 − α_{t−s}) π_l) δ_{x0}
+    + (1 − α_s) α_{t−s} π_l δ_{x_t} + (1 − α_s)(1 − α_{t−s}) π_l π, with l = x_t.
+    Subclasses give π as ``_pi_at(states, like)``, ``_pi_vector(like)`` and ``_fresh``.
+    """
+
+    def _decay(self, u: Tensor):
+        """(α_u, 1 − α_u), the latter with expm1 so that small ru keep their precision."""
+        ru = as_param(self.rate, u) * u
+        return torch.exp(-ru), -torch.expm1(-ru)
+
+    def sample_forward(self, t, x0, generator=None):
+        _, jump = self._decay(t)
+        moved = rand(t, generator, shape=x0.shape) < jump
+        return torch.where(moved, self._fresh(x0.shape, t, generator), x0).to(x0.dtype)
+
+    def _hard_bridge(self, s, t, x0, x_t, generator):
+        stay_s, jump_s = self._decay(s)
+        stay_d, jump_d = self._decay(t - s)
+        pi_l = self._pi_at(x_t, t)
+        at_x0 = stay_s * (stay_d * (x0 == x_t) + jump_d * pi_l)
+        at_xt = jump_s * stay_d * pi_l
+        at_fresh = jump_s * jump_d * pi_l
+        u = rand(t, generator, shape=x_t.shape) * (at_x0 + at_xt + at_fresh)
+        fresh = self._fresh(x_t.shape, t, generator)
+        return torch.where(u < at_x0, x0, torch.where(u < at_x0 + at_xt, x_t, fresh))
+
+    def _column(self, u, l):
+        """P(u)[:, l] = α_u e_l + (1 − α_u) π_l, shape l.shape + (k,)."""
+        stay, jump = self._decay(u.unsqueeze(-1))
+        is_l = torch.arange(self.k, device=l.device) == l.unsqueeze(-1)
+        return jump * self._pi_at(l, u).unsqueeze(-1) + stay * is_l
+
+    def _propagate(self, w, u):
+        """w @ P(u) = α_u w + (1 − α_u) (Σ w) π."""
+        stay, jump = self._decay(u.unsqueeze(-1))
+        return stay * w + jump * w.sum(-1, keepdim=True) * self._pi_vector(w)
+
+    def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
+        like = torch.empty((), device=device)
+        return self._fresh(torch.Size(shape), like, generator).to(_state_dtype(dtype))
+
+
+class UniformDiscrete(_Jumps):
+    r"""Uniform jumps on k states (Diffusions.jl's ``UniformDiscreteDiffusion``).
+
+    .. math::
+        Q = r\,(\tfrac{1}{k} 1 1^\top - I), \qquad P(t) = \alpha_t I + \tfrac{1 - \alpha_t}{k}
+        1 1^\top, \quad \alpha_t = e^{-rt}
+
+    At rate ``rate`` r the state jumps to a uniform state, itself included, so the visible
+    change rate is r (k − 1)/k. Equilibrium: uniform on [0, k). States: integer tensors
+    (...) in [0, k); soft x0: probabilities (..., k). Hard x0 costs O(1) per element with no
+    k-sized tensor (k = 50 000 is as fast as k = 4); soft x0 costs O(k) per element.
+    """
+
+    def __init__(self, rate, k):
+        self.rate = positive("rate", rate)
+        self.k = _num_states("k", k)
+        self._n_states = self.k
+
+    def _pi_at(self, states, like):
+        return torch.full((), 1 / self.k, dtype=like.dtype, device=like.device)
+
+    def _pi_vector(self, like):
+        return torch.full((self.k,), 1 / self.k, dtype=like.dtype, device=like.device)
+
+    def _fresh(self, shape, like, generator):
+        return torch.randint(0, self.k, shape, generator=generator, device=like.device)
+
+
+class IndependentDiscrete(_Jumps):
+    r"""Jumps to an independent draw from π (Diffusions.jl's ``IndependentDiscreteDiffusion``).
+
+    .. math::
+        Q = r\,(1 \pi^\top - I), \qquad P(t) = \alpha_t I + (1 - \alpha_t)\, 1 \pi^\top, \quad
+        \alpha_t = e^{-rt}
+
+    ``pi``: non-negative weights (k,), normalised to sum to 1 (stored normalised, float64).
+    Equilibrium: π. States: integer tensors in [0, k); soft x0: probabilities (..., k). Hard x0
+    costs O(log k) per element (a draw from π is a search in its cumulative sum) and no
+    (elements × k) tensor; soft x0 costs O(k) per element.
+    """
+
+    def __init__(self, rate, pi):
+        self.rate = positive("rate", rate)
+        pi = _float64_tensor("pi", pi, ndim=1)
+        if bool((pi < 0).any()) or not bool(pi.sum() > 0):
+            raise ValueError(f"pi must be non-negative with a positive sum, got "
+                             f"{pi[:8].tolist()}")
+        self.k = _num_states("len(pi)", pi.shape[0])
+        self._n_states = self.k
+        self.pi = pi / pi.sum()
+        self._cdf = self.pi.cumsum(0)
+
+    def _pi_at(self, states, like):
+        return self._param("pi", like)[states]
+
+    def _pi_vector(self, like):
+        return self._param("pi", like)
+
+    def _fresh(self, shape, like, generator):
+        return _sample_cdf(self._param("_cdf", like), shape, generator)
+
+
+# ---------------------------------------------------------------- any rate matrix
+
+class GeneralDiscrete(_MarkovChain):
+    r"""Any continuous-time Markov chain on k states, given its rate matrix Q (k, k).
+
+    .. math::
+        P(t) = \exp(tQ), \qquad Q_{ij} \ge 0 \ (i \ne j), \quad \textstyle\sum_j Q_{ij} = 0
+
+    Transition matrices are computed exactly with ``torch.linalg.matrix_exp`` once per time
+    in a call (one exponential for a scalar t, B for one time per batch element; never one per
+    element), in the data's float dtype; hard x0 then costs O(k) per element and soft x0
+    O(k²). No eigendecomposition, so any Q works, defective or with complex spectrum.
+
+    ``Q`` is stored in float64 with its diagonal reset to minus the off-diagonal row sums
+    (rows must sum to 0 within 1e-6 of the largest rate). ``rate`` is the mean exit rate
+    mean(−diag Q), used by the loss scaler. Equilibrium: the stationary law π (πQ = 0), when
+    it is unique. States: integer tensors in [0, k); soft x0: probabilities (..., k).
+    """
+
+    def __init__(self, Q):
+        Q = _float64_tensor("Q", Q, ndim=2)
+        if Q.shape[0] != Q.shape[1]:
+            raise ValueError(f"Q must be a square rate matrix, got shape {tuple(Q.shape)}")
+        self.k = _num_states("Q's size", Q.shape[0])
+        self._n_states = self.k
+        off = Q - torch.diag(Q.diagonal())
+        if bool((off < 0).any()):
+            raise ValueError("Q's off-diagonal entries (jump rates) must be non-negative")
+        scale = float(Q.abs().max())
+        if not bool((Q.sum(1).abs() <= 1e-6 * scale).all()):
+            raise ValueError(f"Q's rows must sum to 0, got row sums {Q.sum(1)[:8].tolist()}")
+        self.Q = off - torch.diag(off.sum(1))
+        self.rate = float(-self.Q.diagonal().mean())
+        if not self.rate > 0:
+            raise ValueError("Q must have at least one positive rate")
+        self._stationary = _stationary_law(self.Q)
+
+    def _transition(self, u: Tensor) -> Tensor:
+        """P(u) for each distinct time of ``u`` (0-d or (B, 1, ..., 1)): (Bt, k, k)."""
+        q = self._param("Q", u)
+        return torch.linalg.matrix_exp(u.reshape(-1, 1, 1) * q).clamp_min(0)
+
+    def sample_forward(self, t, x0, generator=None):
+        return _categorical(_rows(self._transition(t), x0), generator).to(x0.dtype)
+
+    def _hard_bridge(self, s, t, x0, x_t, generator):
+        from_x0 = _rows(self._transition(s), x0)
+        to_xt = _rows(self._transition(t - s).mT, x_t)
+        return _categorical(from_x0 * to_xt, generator)
+
+    def _column(self, u, l):
+        return _rows(self._transition(u).mT, l)
+
+    def _propagate(self, w, u):
+        mats = self._transition(u)
+        return (w.reshape(mats.shape[0], -1, self.k) @ mats).reshape(w.shape)
+
+    def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
+        if self._stationary is None:
+            raise ValueError("GeneralDiscrete: Q has no unique stationary distribution (its "
+                             "chain has several closed classes); start the backward chain "
+                             "from sample_forward(process, T, x0) instead")
+        cdf = self._param("_stationary", torch.empty((), device=device)).cumsum(0)
+        return _sample_cdf(cdf, torch.Size(shape), generator).to(_state_dtype(dtype))
+
+
+def _stationary_law(Q: Tensor):
+    """The unique π ≥ 0 with πQ = 0 and Σπ = 1 (float64), or None if it is not unique."""
+    _, sv, vh = torch.linalg.svd(Q.T)
+    if not bool(sv[-2] > 1e-10 * sv[0]):
+        return None
+    pi = vh[-1] / vh[-1].sum()
+    pi = pi.clamp_min(0)
+    return pi / pi.sum()
+
+
+# ---------------------------------------------------------------- absorbing
+
+class AbsorbingDiscrete(_Discrete):
+    r"""Absorbing ("masking") diffusion: data states [0, k) jump at rate r to the mask state k.
+
+    * forward: :math:`x_t = k` with probability :math:`1 - e^{-rt}`, else :math:`x_0`;
+    * bridge: if :math:`x_t \ne k` then :math:`x_s = x_t`; if :math:`x_t = k` then
+      :math:`x_s = k` with probability :math:`(1 - e^{-rs}) / (1 - e^{-rt})`, else x0 (soft
+      x0: a draw from the probabilities, which is the exact marginal since
+      P(t)[i, k] = 1 − e^{−rt} does not depend on i);
+    * equilibrium: all k.
+
+    States: integer tensors in [0, k] (k is the mask); soft x0 and the loss's logits are over
+    the k data states, (..., k). Hard x0 costs O(1) per element, soft x0 O(k).
+    """
+
+    def __init__(self, rate, k):
+        self.rate = positive("rate", rate)
+        self.k = _num_states("k", k)
+        self._n_states = self.k + 1
+
+    def _masking(self, u: Tensor) -> Tensor:
+        """1 − e^{−ru}, the probability of being masked at time u."""
+        return -torch.expm1(-as_param(self.rate, u) * u)
+
+    def sample_forward(self, t, x0, generator=None):
+        masked = rand(t, generator, shape=x0.shape) < self._masking(t)
+        return torch.where(masked, self.k, x0)
+
+    def _hard_bridge(self, s, t, x0, x_t, generator):
+        unmasked_by_s = rand(t, generator, shape=x_t.shape) >= self._masking(s) / self._masking(t)
+        return torch.where((x_t == self.k) & unmasked_by_s, x0, x_t)
+
+    def _soft_bridge(self, s, t, probs, x_t, generator):
+        return self._hard_bridge(s, t, _categorical(probs, generator), x_t, generator)
+
+    def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
+        return torch.full(torch.Size(shape), self.k, dtype=_state_dtype(dtype), device=device)

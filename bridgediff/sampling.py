@@ -71,7 +71,10 @@ def _as_time(t, like: Tensor, dtype: torch.dtype, name: str) -> Tensor:
     """``t`` as a tensor on ``like``'s device that broadcasts against it: 0-d or (B, 1, ..., 1)."""
     if isinstance(t, bool) or not isinstance(t, (int, float, Tensor)):
         raise TypeError(f"{name} must be a float or a tensor, got {type(t).__name__}")
-    t = torch.as_tensor(t, dtype=dtype, device=like.device)
+    if isinstance(t, Tensor):
+        t = t.to(device=like.device, dtype=dtype)
+    else:  # torch.full fills on the device; a copy from the host would synchronise with it
+        t = torch.full((), t, dtype=dtype, device=like.device)
     if t.ndim == 1:
         if like.ndim == 0 or t.shape[0] != like.shape[0]:
             batch = like.shape[0] if like.ndim else "none (0-d data)"
