@@ -48,6 +48,27 @@ def _sample_cdf(cdf: Tensor, shape, generator=None) -> Tensor:
     return torch.searchsorted(cdf, u, right=True).clamp_max(cdf.shape[0] - 1)
 
 
+def _alias_table(p: Tensor):
+    """Walker's alias table for probabilities p (k,) float64, by Vose's construction.
+
+    Drawing i uniformly from [0, k) and keeping it with probability ``accept[i]``, else
+    taking ``alias[i]``, draws i with probability p_i: O(1) per draw whatever k is.
+    Returns (accept (k,) float64, alias (k,) int64).
+    """
+    k = p.shape[0]
+    scaled = (p * k).tolist()
+    accept, alias = [1.0] * k, list(range(k))
+    small = [i for i, v in enumerate(scaled) if v < 1]
+    large = [i for i, v in enumerate(scaled) if v >= 1]
+    while small and large:
+        lo, hi = small.pop(), large.pop()
+        accept[lo], alias[lo] = scaled[lo], hi
+        scaled[hi] += scaled[lo] - 1
+        (small if scaled[hi] < 1 else large).append(hi)
+    # Whatever is left holds probability 1 up to rounding: it keeps itself.
+    return torch.tensor(accept, dtype=torch.float64), torch.tensor(alias, dtype=torch.int64)
+
+
 def _state_dtype(dtype) -> torch.dtype:
     """States are int64 unless an integer dtype is asked for (a float dtype is irrelevant)."""
     return dtype if dtype in _INT_DTYPES else torch.int64
@@ -252,7 +273,7 @@ class IndependentDiscrete(_Jumps):
 
     ``pi``: non-negative weights (k,), normalised to sum to 1 (stored normalised, float64).
     Equilibrium: π. States: integer tensors in [0, k); soft x0: probabilities (..., k). Hard x0
-    costs O(log k) per element (a draw from π is a search in its cumulative sum) and no
+    costs O(1) per element (a draw from π uses Walker's alias table, built once) and no
     (elements × k) tensor; soft x0 costs O(k) per element.
     """
 
@@ -265,7 +286,7 @@ class IndependentDiscrete(_Jumps):
         self.k = _num_states("len(pi)", pi.shape[0])
         self._n_states = self.k
         self.pi = pi / pi.sum()
-        self._cdf = self.pi.cumsum(0)
+        self._accept, self._alias = _alias_table(self.pi)
 
     def _pi_at(self, states, like):
         return self._param("pi", like)[states]
@@ -274,7 +295,10 @@ class IndependentDiscrete(_Jumps):
         return self._param("pi", like)
 
     def _fresh(self, shape, like, generator):
-        return _sample_cdf(self._param("_cdf", like), shape, generator)
+        """A draw from π by its alias table: one uniform index and one coin per element."""
+        i = torch.randint(0, self.k, shape, generator=generator, device=like.device)
+        keep = rand(like, generator, shape=shape) < self._param("_accept", like)[i]
+        return torch.where(keep, i, self._param("_alias", i)[i])
 
 
 # ---------------------------------------------------------------- any rate matrix

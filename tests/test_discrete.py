@@ -448,3 +448,17 @@ def test_cuda_keeps_device_and_law(name):
     for x in (x_t, x_s, soft, eq):
         assert x.device.type == "cuda" and x.dtype == torch.int64
     assert_cells(x_t.cpu().reshape(n, draws), transition(Q, 0.7), f"{name} forward on cuda")
+
+
+def test_alias_table_represents_pi_exactly():
+    """Each state's total mass in Walker's table (own share + aliased shares) / k is π."""
+    from bridgediff.discrete import _alias_table
+    g = torch.Generator().manual_seed(3)
+    for pi in (torch.rand(1000, generator=g, dtype=torch.float64) ** 4,
+               torch.tensor([0.0, 0.5, 0.0, 0.25, 0.25], dtype=torch.float64),
+               torch.ones(7, dtype=torch.float64) / 7):
+        pi = pi / pi.sum()
+        accept, alias = _alias_table(pi)
+        assert bool(((accept >= 0) & (accept <= 1)).all())
+        mass = accept.clone().index_add_(0, alias, 1 - accept)
+        np.testing.assert_allclose((mass / len(pi)).numpy(), pi.numpy(), rtol=0, atol=1e-12)
