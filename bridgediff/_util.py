@@ -29,18 +29,6 @@ def on_host(x: Tensor) -> bool:
     return x.device.type == "cpu"
 
 
-def positive(name: str, value):
-    """Check that a process parameter is a positive, finite scalar; return it unchanged."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
-        raise TypeError(f"{name} must be a float or a 0-d tensor, got {type(value).__name__}")
-    v = torch.as_tensor(value).detach()
-    if v.ndim != 0:
-        raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(v.shape)}")
-    if not bool(torch.isfinite(v)) or not bool(v > 0):
-        raise ValueError(f"{name} must be positive and finite, got {float(v)}")
-    return value
-
-
 def real(name: str, value):
     """Check that a process parameter is a finite scalar; return it unchanged."""
     if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
@@ -50,6 +38,13 @@ def real(name: str, value):
         raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(v.shape)}")
     if not bool(torch.isfinite(v)):
         raise ValueError(f"{name} must be finite, got {float(v)}")
+    return value
+
+
+def positive(name: str, value):
+    """Check that a process parameter is a positive, finite scalar; return it unchanged."""
+    if not bool(torch.as_tensor(real(name, value)).detach() > 0):
+        raise ValueError(f"{name} must be positive and finite, got {float(value)}")
     return value
 
 
