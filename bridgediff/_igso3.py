@@ -23,6 +23,7 @@ from ._util import on_host
 
 SERIES_FROM = 1.0   # ε² at and above which the series form is used
 _L = 9              # series terms l = 0..L
+_L_HAAR = 5         # for ε² > 3 (Haar proposals) l ≤ 5 leaves out less than 1e-25
 _K = 3              # image pairs k = 1..K
 _J = 10             # Hermite terms in the images CDF: (ε²/4)^J / √((2J)!) < 1e-15 for ε² < 1
 GAUSSIAN_UP_TO = 3.0  # forward sampler: Gaussian proposal up to this ε², Haar above
@@ -38,18 +39,18 @@ def _exp(x: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------- series form
 
-def _series_weights(eps2: Tensor):
-    """The coefficients (2l+1) e^{−l(l+1)ε²/2}, l = 0..L, as a list of tensors."""
-    return [(2 * l + 1) * _exp(-l * (l + 1) * eps2 / 2) for l in range(_L + 1)]
+def _series_weights(eps2: Tensor, last: int = _L):
+    """The coefficients (2l+1) e^{−l(l+1)ε²/2}, l = 0..last, as a list of tensors."""
+    return [(2 * l + 1) * _exp(-l * (l + 1) * eps2 / 2) for l in range(last + 1)]
 
 
-def series_density(omega: Tensor, eps2: Tensor) -> Tensor:
-    """f(ω) by the series, summing Dirichlet kernels (no division by sin(ω/2))."""
+def series_density(omega: Tensor, eps2: Tensor, last: int = _L) -> Tensor:
+    """f(ω) by the series up to l = last, summing Dirichlet kernels (no division by sin(ω/2))."""
     cos1 = torch.cos(omega)
     cos_prev, cos_j = torch.ones_like(cos1), cos1          # cos(0ω), cos(1ω)
     dirichlet = torch.ones_like(cos1)                       # D_0
     total = torch.zeros_like(cos1)
-    for l, w in enumerate(_series_weights(eps2)):
+    for l, w in enumerate(_series_weights(eps2, last)):
         if l > 0:
             dirichlet = dirichlet + 2 * cos_j
             cos_prev, cos_j = cos_j, 2 * cos1 * cos_j - cos_prev
@@ -57,9 +58,9 @@ def series_density(omega: Tensor, eps2: Tensor) -> Tensor:
     return total
 
 
-def series_peak(eps2: Tensor) -> Tensor:
-    """f(0) = Σ_l (2l+1)² e^{−l(l+1)ε²/2}."""
-    return sum(w * (2 * l + 1) for l, w in enumerate(_series_weights(eps2)))
+def series_peak(eps2: Tensor, last: int = _L) -> Tensor:
+    """f(0) = Σ_{l≤last} (2l+1)² e^{−l(l+1)ε²/2}."""
+    return sum(w * (2 * l + 1) for l, w in enumerate(_series_weights(eps2, last)))
 
 
 def series_cdf(omega: Tensor, eps2: Tensor) -> Tensor:
@@ -130,16 +131,50 @@ def images_cdf(omega: Tensor, eps2: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------- switched forms
 
+def select(cond: Tensor, if_true, if_false, *args):
+    """``if_true(*args)`` where ``cond`` holds and ``if_false(*args)`` elsewhere.
+
+    Both functions act element by element over ``cond``'s shape S: each arg has shape
+    S + (…), and each returns a tensor or a tuple of tensors of shape S + (…). On the host
+    each function runs only on its own elements; on other devices both run on all elements
+    and ``torch.where`` picks (no host sync).
+    """
+    if not on_host(cond):
+        def pick(a, b):
+            return torch.where(cond.reshape(cond.shape + (1,) * (a.ndim - cond.ndim)), a, b)
+        return _pairwise(pick, if_true(*args), if_false(*args))
+    if bool(cond.all()):
+        return if_true(*args)
+    if not bool(cond.any()):
+        return if_false(*args)
+
+    def scatter(a, b):
+        out = a.new_empty(cond.shape + a.shape[1:])
+        out[cond], out[~cond] = a, b
+        return out
+    return _pairwise(scatter, if_true(*(x[cond] for x in args)),
+                     if_false(*(x[~cond] for x in args)))
+
+
+def _pairwise(fn, a, b):
+    """fn(a, b) for tensors, or fn applied pairwise to tuples of tensors."""
+    return tuple(map(fn, a, b)) if isinstance(a, tuple) else fn(a, b)
+
+
 def log_density(omega: Tensor, eps2: Tensor) -> Tensor:
     """log f(ω), the log Haar density of IGSO(3) at rotation angle ω."""
-    series = torch.log(series_density(omega, eps2).clamp_min(_TINY))
-    return torch.where(eps2 < SERIES_FROM, images_log_density(omega, eps2), series)
+    omega, eps2 = torch.broadcast_tensors(omega, eps2)
+    return select(eps2 < SERIES_FROM, images_log_density, _series_log_density, omega, eps2)
+
+
+def _series_log_density(omega: Tensor, eps2: Tensor) -> Tensor:
+    return torch.log(series_density(omega, eps2).clamp_min(_TINY))
 
 
 def angle_cdf(omega: Tensor, eps2: Tensor) -> Tensor:
     """F(ω) = P(angle ≤ ω), clamped to [0, 1]."""
-    cdf = torch.where(eps2 < SERIES_FROM, images_cdf(omega, eps2), series_cdf(omega, eps2))
-    return cdf.clamp(0, 1)
+    omega, eps2 = torch.broadcast_tensors(omega, eps2)
+    return select(eps2 < SERIES_FROM, images_cdf, series_cdf, omega, eps2).clamp(0, 1)
 
 
 def inverse_angle_cdf(u: Tensor, eps2: Tensor, iterations: int = 52) -> Tensor:
@@ -173,50 +208,77 @@ def _propose(z: Tensor, eps2: Tensor):
     the image balance: overall acceptance e^{−ε²/8} ≥ 0.687.
     ε² > 3: Haar quaternion z/|z|, accepted with f(ω)/f(0): acceptance 1/f(0) ≥ 0.69.
     """
+    return select(eps2 <= GAUSSIAN_UP_TO, _propose_gaussian, _propose_haar, z, eps2)
+
+
+def _propose_gaussian(z: Tensor, eps2: Tensor):
     v = torch.sqrt(eps2)[:, None] * z[:, :3]
     r = v.norm(dim=-1)
     angle = (r - 2 * math.pi * torch.round(r / (2 * math.pi))).abs()
-    p_gauss = torch.sinc(r / (2 * math.pi)).clamp_min(0) * _image_balance(angle, eps2)
-    haar = z / z.norm(dim=-1, keepdim=True)
-    haar_angle = 2 * torch.atan2(z[:, :3].norm(dim=-1), z[:, 3].abs())
-    p_haar = series_density(haar_angle, eps2) / series_peak(eps2)
-    gaussian = eps2 <= GAUSSIAN_UP_TO
-    quat = torch.where(gaussian[:, None], roma.rotvec_to_unitquat(v), haar)
-    return quat, torch.where(gaussian, p_gauss, p_haar)
+    p_accept = torch.sinc(r / (2 * math.pi)).clamp_min(0) * _image_balance(angle, eps2)
+    return roma.rotvec_to_unitquat(v), p_accept
+
+
+def _propose_haar(z: Tensor, eps2: Tensor):
+    angle = 2 * torch.atan2(z[:, :3].norm(dim=-1), z[:, 3].abs())
+    p_accept = series_density(angle, eps2, _L_HAAR) / series_peak(eps2, _L_HAAR)
+    return z / z.norm(dim=-1, keepdim=True), p_accept
+
+
+def rejection(propose, n: int, rounds: int, like: Tensor):
+    """Vectorised rejection sampling of n quaternions: ``propose(rows)`` returns candidates
+    (m, 4) for the m elements ``rows`` (an index tensor or a slice) and whether each is
+    accepted. Returns the draws (n, 4), in ``like``'s dtype and device, and the accepted
+    mask (n,).
+
+    The first round covers all elements. After it, on the host each round proposes only
+    for the pending elements and the loop stops once none is left; on other devices every
+    round covers all elements again (no host sync).
+    """
+    draws = torch.zeros(n, 4, dtype=like.dtype, device=like.device)
+    accepted = torch.zeros(n, dtype=torch.bool, device=like.device)
+    rows = slice(None)
+    for i in range(rounds):
+        if i > 0 and on_host(like):
+            rows = (~accepted).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                break
+        cand, accept = propose(rows)
+        accept = accept & ~accepted[rows]
+        draws[rows] = torch.where(accept[:, None], cand, draws[rows])
+        accepted[rows] = accepted[rows] | accept
+    return draws, accepted
 
 
 def sample_relative(eps2: Tensor, generator=None) -> Tensor:
     """Unit quaternions (N, 4), XYZW, of IGSO(ε²) rotations for ε² (N,) float64.
 
     At most ``ROUNDS`` vectorised rejection rounds (exact), then the elements still pending
-    (each with probability < 1e-8) are drawn by inverse CDF. On CPU each round proposes
-    only for the pending elements and the loop stops once none is left; on other devices
-    every round covers all elements and the fallback always runs, so nothing waits for the
-    host.
+    (each with probability < 1e-8) are drawn by inverse CDF, which on the host runs only if
+    some are pending and on other devices always runs, so nothing waits for the host.
     """
-    n, host = eps2.shape[0], on_host(eps2)
+    n = eps2.shape[0]
     draw = dict(generator=generator, dtype=torch.float64, device=eps2.device)
-    quat = torch.zeros(n, 4, dtype=torch.float64, device=eps2.device)
-    pending = torch.ones(n, dtype=torch.bool, device=eps2.device)
-    active = torch.arange(n, device=eps2.device)
-    for _ in range(ROUNDS):
-        if host:
-            active = pending.nonzero().squeeze(1)
-            if active.numel() == 0:
-                break
-        proposal, p_accept = _propose(torch.randn(active.numel(), 4, **draw), eps2[active])
-        accept = pending[active] & (torch.rand(active.numel(), **draw) < p_accept)
-        quat[active] = torch.where(accept[:, None], proposal, quat[active])
-        pending[active] = pending[active] & ~accept
-    if not host or bool(pending.any()):
+
+    def propose(rows):
+        m = eps2[rows].shape[0]
+        quat, p_accept = _propose(torch.randn(m, 4, **draw), eps2[rows])
+        return quat, torch.rand(m, **draw) < p_accept
+
+    quat, accepted = rejection(propose, n, ROUNDS, eps2)
+    if not on_host(eps2) or not bool(accepted.all()):
         u, axis = torch.rand(n, **draw), torch.randn(n, 3, **draw)
         omega = inverse_angle_cdf(u, eps2)
         rotvec = omega[:, None] * axis / axis.norm(dim=-1, keepdim=True).clamp_min(_TINY)
-        quat = torch.where(pending[:, None], roma.rotvec_to_unitquat(rotvec), quat)
+        quat = torch.where(accepted[:, None], quat, roma.rotvec_to_unitquat(rotvec))
     return quat
 
 
 def relative_angle(p: Tensor, q: Tensor) -> Tensor:
-    """The rotation angle of p⁻¹q in [0, π] for unit quaternions (..., 4), sign-blind."""
-    rel = roma.quat_product(roma.quat_conjugation(p), q)
-    return 2 * torch.atan2(rel[..., :3].norm(dim=-1), rel[..., 3].abs())
+    """The rotation angle of p⁻¹q in [0, π] for unit quaternions (..., 4), sign-blind.
+
+    p and q as vectors of ℝ⁴ make the angle θ = 2 atan2(|p − q|, |p + q|) (accurate at
+    every θ, unlike acos), and p⁻¹q rotates by 2θ, or by 2(π − θ) for −q.
+    """
+    apart, together = (p - q).norm(dim=-1), (p + q).norm(dim=-1)
+    return 4 * torch.atan2(torch.minimum(apart, together), torch.maximum(apart, together))

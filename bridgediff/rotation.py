@@ -38,7 +38,8 @@ class RotationDiffusion(Process):
     * equilibrium: Haar-uniform rotations.
 
     q and −q are the same rotation everywhere; outputs are unit quaternions in the input's
-    dtype (the sampling itself runs in float64).
+    dtype (the sampling itself runs in float64; the forward sampler composes its float64
+    draw with x0 in x0's dtype).
 
     Example::
 
@@ -70,9 +71,8 @@ class RotationDiffusion(Process):
         return torch.broadcast_to(eps2, x.shape)[..., 0].reshape(-1)
 
     def sample_forward(self, t, x0, generator=None):
-        q0 = _unit64(x0).reshape(-1, 4)
-        noise = _igso3.sample_relative(self._eps2(t, x0), generator)
-        return _unit(roma.quat_product(q0, noise)).reshape(x0.shape).to(x0.dtype)
+        noise = _igso3.sample_relative(self._eps2(t, x0), generator).to(x0.dtype)
+        return _unit(roma.quat_product(_unit(x0).reshape(-1, 4), noise)).reshape(x0.shape)
 
     def endpoint_conditioned_sample(self, s, t, x0, x_t, generator=None):
         eps2_s = self._eps2(s, x_t)
@@ -198,15 +198,15 @@ def _rejection(eps2_s, eps2_rest, q0, qt, generator, tries):
     centre, other_end = torch.where(from_start, q0, qt), torch.where(from_start, qt, q0)
     narrow_var, wider_var = torch.minimum(eps2_s, eps2_rest), torch.maximum(eps2_s, eps2_rest)
     log_peak = _igso3.log_density(torch.zeros_like(wider_var), wider_var)
-    exact, accepted = q0, torch.zeros_like(wider_var, dtype=torch.bool)
-    for _ in range(tries):
-        cand = roma.quat_product(centre, _igso3.sample_relative(narrow_var, generator))
-        log_ratio = _igso3.log_density(_igso3.relative_angle(cand, other_end), wider_var) - log_peak
-        u = torch.rand(wider_var.shape, generator=generator, dtype=torch.float64,
-                       device=q0.device)
-        accept = ~accepted & (torch.log(u) < log_ratio)
-        exact, accepted = torch.where(accept[:, None], cand, exact), accepted | accept
-    return exact, accepted
+
+    def propose(rows):
+        cand = roma.quat_product(centre[rows], _igso3.sample_relative(narrow_var[rows], generator))
+        angle = _igso3.relative_angle(cand, other_end[rows])
+        log_ratio = _igso3.log_density(angle, wider_var[rows]) - log_peak[rows]
+        u = torch.rand(angle.shape, generator=generator, dtype=torch.float64, device=q0.device)
+        return cand, torch.log(u) < log_ratio
+
+    return _igso3.rejection(propose, q0.shape[0], tries, q0)
 
 
 def _importance_resample(eps2_s, eps2_rest, q0, qt, generator, candidates):
@@ -217,16 +217,14 @@ def _importance_resample(eps2_s, eps2_rest, q0, qt, generator, candidates):
     length = ell.norm(dim=-1, keepdim=True)
     axis = torch.where(length > 0, ell / length.clamp_min(1e-300),
                        torch.tensor([0.0, 0.0, 1.0], dtype=ell.dtype, device=ell.device))
-    narrow_var = torch.minimum(eps2_s, eps2_rest)
-    centres = [roma.quat_product(q0, roma.rotvec_to_unitquat(kappa[:, None] * way))
-               for way in (ell, ell - 2 * math.pi * axis)]
-    centres.append(torch.where((eps2_s <= eps2_rest)[:, None], q0, qt))
+    narrow_var, from_start = torch.minimum(eps2_s, eps2_rest), eps2_s <= eps2_rest
+    ways = [roma.quat_product(q0, roma.rotvec_to_unitquat(kappa[:, None] * way))
+            for way in (ell, ell - 2 * math.pi * axis)]                 # short, long way round
+    narrow_centre = torch.where(from_start[:, None], q0, qt)
     length = length[:, 0]
     logit_long = (length ** 2 - (2 * math.pi - length) ** 2) / (2 * eps2_t)
     log_geodesic = math.log1p(-NARROW)
-    log_mix = [log_geodesic + F.logsigmoid(-logit_long), log_geodesic + F.logsigmoid(logit_long),
-               torch.full_like(var, math.log(NARROW))]
-    variances = [var, var, narrow_var]
+    log_ways = [log_geodesic + F.logsigmoid(-logit_long), log_geodesic + F.logsigmoid(logit_long)]
     draw = dict(generator=generator, dtype=torch.float64, device=q0.device)
 
     def propose():
@@ -234,16 +232,18 @@ def _importance_resample(eps2_s, eps2_rest, q0, qt, generator, candidates):
         u = torch.rand(var.shape, **draw)
         narrow = u < NARROW
         long_way = u >= NARROW + (1 - NARROW) * torch.sigmoid(-logit_long)
-        centre = torch.where(narrow[:, None], centres[2],
-                             torch.where(long_way[:, None], centres[1], centres[0]))
+        centre = torch.where(narrow[:, None], narrow_centre,
+                             torch.where(long_way[:, None], ways[1], ways[0]))
         cand = roma.quat_product(
             centre, _igso3.sample_relative(torch.where(narrow, narrow_var, var), generator))
-        log_target = (_igso3.log_density(_igso3.relative_angle(q0, cand), eps2_s)
-                      + _igso3.log_density(_igso3.relative_angle(cand, qt), eps2_rest))
-        log_proposal = torch.logsumexp(torch.stack(
-            [lm + _igso3.log_density(_igso3.relative_angle(c, cand), v)
-             for lm, c, v in zip(log_mix, centres, variances)]), dim=0)
-        return cand, log_target - log_proposal
+        log_from_start = _igso3.log_density(_igso3.relative_angle(q0, cand), eps2_s)
+        log_to_end = _igso3.log_density(_igso3.relative_angle(cand, qt), eps2_rest)
+        log_g = [log_way + _igso3.log_density(_igso3.relative_angle(c, cand), var)
+                 for log_way, c in zip(log_ways, ways)]
+        # the narrow component's density is one of the target's two factors
+        log_g.append(math.log(NARROW) + torch.where(from_start, log_from_start, log_to_end))
+        log_proposal = torch.logsumexp(torch.stack(log_g), dim=0)
+        return cand, log_from_start + log_to_end - log_proposal
 
     resampled, best_key = q0, torch.full_like(var, -math.inf)
     for _ in range(candidates):
