@@ -69,13 +69,6 @@ def _alias_table(p: Tensor):
     return torch.tensor(accept, dtype=torch.float64), torch.tensor(alias, dtype=torch.int64)
 
 
-def _uniform_index(k: int, shape, like: Tensor, generator) -> Tensor:
-    """Uniform draws from [0, k), int32 when k allows (faster to draw and to gather with; the
-    samplers' ``where`` promotes them to the states' dtype)."""
-    dtype = torch.int32 if k < 2 ** 31 else torch.int64
-    return torch.randint(0, k, shape, generator=generator, device=like.device, dtype=dtype)
-
-
 def _state_dtype(dtype) -> torch.dtype:
     """States are int64 unless an integer dtype is asked for (a float dtype is irrelevant)."""
     return dtype if dtype in _INT_DTYPES else torch.int64
@@ -268,7 +261,7 @@ class UniformDiscrete(_Jumps):
         return torch.full((self.k,), 1 / self.k, dtype=like.dtype, device=like.device)
 
     def _fresh(self, shape, like, generator):
-        return _uniform_index(self.k, shape, like, generator)
+        return torch.randint(0, self.k, shape, generator=generator, device=like.device)
 
 
 class IndependentDiscrete(_Jumps):
@@ -303,7 +296,7 @@ class IndependentDiscrete(_Jumps):
 
     def _fresh(self, shape, like, generator):
         """A draw from π by its alias table: one uniform index and one coin per element."""
-        i = _uniform_index(self.k, shape, like, generator)
+        i = torch.randint(0, self.k, shape, generator=generator, device=like.device)
         keep = rand(like, generator, shape=shape) < self._param("_accept", like)[i]
         return torch.where(keep, i, self._param("_alias", i)[i])
 
