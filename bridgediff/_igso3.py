@@ -19,7 +19,7 @@ import roma
 import torch
 from torch import Tensor
 
-from ._util import on_host
+from ._util import rejection, use_host_path
 
 SERIES_FROM = 1.0   # ε² at and above which the series form is used
 _L = 9              # series terms l = 0..L
@@ -139,7 +139,7 @@ def select(cond: Tensor, if_true, if_false, *args):
     each function runs only on its own elements; on other devices both run on all elements
     and ``torch.where`` picks (no host sync).
     """
-    if not on_host(cond):
+    if not use_host_path(cond):
         def pick(a, b):
             return torch.where(cond.reshape(cond.shape + (1,) * (a.ndim - cond.ndim)), a, b)
         return _pairwise(pick, if_true(*args), if_false(*args))
@@ -225,31 +225,6 @@ def _propose_haar(z: Tensor, eps2: Tensor):
     return z / z.norm(dim=-1, keepdim=True), p_accept
 
 
-def rejection(propose, n: int, rounds: int, like: Tensor):
-    """Vectorised rejection sampling of n quaternions: ``propose(rows)`` returns candidates
-    (m, 4) for the m elements ``rows`` (an index tensor or a slice) and whether each is
-    accepted. Returns the draws (n, 4), in ``like``'s dtype and device, and the accepted
-    mask (n,).
-
-    The first round covers all elements. After it, on the host each round proposes only
-    for the pending elements and the loop stops once none is left; on other devices every
-    round covers all elements again (no host sync).
-    """
-    draws = torch.zeros(n, 4, dtype=like.dtype, device=like.device)
-    accepted = torch.zeros(n, dtype=torch.bool, device=like.device)
-    rows = slice(None)
-    for i in range(rounds):
-        if i > 0 and on_host(like):
-            rows = (~accepted).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                break
-        cand, accept = propose(rows)
-        accept = accept & ~accepted[rows]
-        draws[rows] = torch.where(accept[:, None], cand, draws[rows])
-        accepted[rows] = accepted[rows] | accept
-    return draws, accepted
-
-
 def sample_relative(eps2: Tensor, generator=None) -> Tensor:
     """Unit quaternions (N, 4), XYZW, of IGSO(ε²) rotations for ε² (N,) float64.
 
@@ -266,7 +241,7 @@ def sample_relative(eps2: Tensor, generator=None) -> Tensor:
         return quat, torch.rand(m, **draw) < p_accept
 
     quat, accepted = rejection(propose, n, ROUNDS, eps2)
-    if not on_host(eps2) or not bool(accepted.all()):
+    if not use_host_path(eps2) or not bool(accepted.all()):
         u, axis = torch.rand(n, **draw), torch.randn(n, 3, **draw)
         omega = inverse_angle_cdf(u, eps2)
         rotvec = omega[:, None] * axis / axis.norm(dim=-1, keepdim=True).clamp_min(_TINY)

@@ -1,5 +1,7 @@
 """Private helpers shared by the processes and the free functions."""
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -27,6 +29,77 @@ def as_param(value, like: Tensor):
 def on_host(x: Tensor) -> bool:
     """Whether value checks on ``x`` are free of host-device synchronisation."""
     return x.device.type == "cpu"
+
+
+_DEVICE_PATH_FORCED = False
+
+
+def use_host_path(x: Tensor) -> bool:
+    """Whether a sampler may take its host path for ``x``: read values, compact to the
+    pending elements, stop early. Elsewhere it takes the device path (fixed work, no sync),
+    which ``device_path()`` forces on the CPU too, so that CPU tests can run it."""
+    return x.device.type == "cpu" and not _DEVICE_PATH_FORCED
+
+
+@contextlib.contextmanager
+def device_path():
+    """Within this context every sampler takes its device path, on the CPU as well."""
+    global _DEVICE_PATH_FORCED
+    previous, _DEVICE_PATH_FORCED = _DEVICE_PATH_FORCED, True
+    try:
+        yield
+    finally:
+        _DEVICE_PATH_FORCED = previous
+
+
+def rejection(propose, n: int, rounds: int, like: Tensor):
+    """Vectorised rejection sampling of ``n`` independent draws.
+
+    ``propose(rows)`` returns candidates (m, ...) for the m elements ``rows`` (an index
+    tensor, or ``slice(None)`` for all) and a bool tensor (m,) saying which are accepted.
+    The first round covers every element. On the host path later rounds propose only for
+    the pending elements and the loop stops once none is left; on the device path all
+    ``rounds`` rounds cover every element (no sync). Each element keeps its first accepted
+    candidate, so accepted draws follow the target law exactly.
+
+    Returns (draws (n, ...), accepted (n,)); rows never accepted hold zeros.
+    """
+    accepted = torch.zeros(n, dtype=torch.bool, device=like.device)
+    draws, rows = None, slice(None)
+    host = use_host_path(like)
+    for i in range(rounds):
+        if i > 0 and host:
+            rows = (~accepted).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                break
+        cand, accept = propose(rows)
+        if draws is None:
+            draws = cand.new_zeros((n,) + cand.shape[1:])
+        if not host:
+            accept = accept & ~accepted
+        keep = accept.reshape(accept.shape + (1,) * (cand.ndim - 1))
+        draws[rows] = torch.where(keep, cand, draws[rows])
+        accepted[rows] = accepted[rows] | accept
+    return draws, accepted
+
+
+def finish_rejection(propose, draws: Tensor, accepted: Tensor, max_rounds: int = 10_000):
+    """Complete ``rejection``'s output: one host sync decides whether any element is still
+    pending; if so, rounds run on the pending subset only until every element is accepted.
+    Rejection is memoryless, so the result is exact. ``max_rounds`` guards against a
+    proposal that can never be accepted (a bug): then RuntimeError."""
+    if bool(accepted.all()):
+        return draws
+    draws, accepted = draws.clone(), accepted.clone()
+    for _ in range(max_rounds):
+        rows = (~accepted).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return draws
+        cand, accept = propose(rows)
+        draws[rows[accept]] = cand[accept]
+        accepted[rows[accept]] = True
+    raise RuntimeError(f"rejection sampling left {int((~accepted).sum())} elements unaccepted "
+                       f"after {max_rounds} rounds")
 
 
 def real(name: str, value):

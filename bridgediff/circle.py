@@ -6,7 +6,8 @@ import math
 import torch
 from torch import Tensor
 
-from ._util import as_param, on_host, positive, rand, randn, require_float
+from ._util import (as_param, on_host, positive, rand, randn, rejection, require_float,
+                    use_host_path)
 from .process import Process
 
 __all__ = ["WrappedBrownian", "WrappedInterpolatedBrownian"]
@@ -76,31 +77,14 @@ def _propose_winding(c: Tensor, tau: Tensor, generator):
 
 
 def _rejected_winding(c: Tensor, tau: Tensor, generator, rounds: int = _ROUNDS):
-    """``rounds`` vectorised rounds of ``_propose_winding`` over every element, with no
-    data-dependent control flow; returns (n, accepted)."""
-    n = torch.zeros_like(c)
-    done = torch.zeros_like(c, dtype=torch.bool)
-    for _ in range(rounds):
-        m, accept = _propose_winding(c, tau, generator)
-        n = torch.where(~done & accept, m, n)
-        done = done | accept
-    return n, done
-
-
-def _rejected_winding_on_host(c: Tensor, tau: Tensor, generator, rounds: int = _ROUNDS):
-    """The same law as ``_rejected_winding``, each round proposing only for the elements not
-    yet accepted (about 1.6 proposals per element instead of ``rounds``)."""
-    n = torch.zeros_like(c)
-    todo = torch.arange(c.numel(), device=c.device)
-    for _ in range(rounds):
-        m, accept = _propose_winding(c[todo], tau[todo], generator)
-        n[todo[accept]] = m[accept]
-        todo = todo[~accept]
-        if todo.numel() == 0:
-            break
-    done = torch.ones_like(c, dtype=torch.bool)
-    done[todo] = False
-    return n, done
+    """Up to ``rounds`` rounds of ``_propose_winding`` for each element of ``c`` (``tau``
+    broadcasts against it), by the shared rejection driver: on the host only the pending
+    elements propose again (about 1.6 proposals each), on the device path every round covers
+    all. Returns (n, accepted), both of ``c``'s shape."""
+    flat_c, flat_tau = c.reshape(-1), tau.expand_as(c).reshape(-1)
+    n, accepted = rejection(lambda rows: _propose_winding(flat_c[rows], flat_tau[rows], generator),
+                            flat_c.numel(), rounds, c)
+    return n.reshape(c.shape), accepted.reshape(c.shape)
 
 
 def _sample_winding(d: Tensor, rt: Tensor, generator) -> Tensor:
@@ -116,7 +100,7 @@ def _sample_winding(d: Tensor, rt: Tensor, generator) -> Tensor:
     """
     rt = torch.clamp(rt, min=torch.finfo(d.dtype).tiny)
     tau = rt / _TWO_PI ** 2
-    if not on_host(d):
+    if not use_host_path(d):
         enumerated = _enumerated_winding(d, rt, generator)
         rejected, accepted = _rejected_winding(-d / _TWO_PI, tau.expand_as(d), generator)
         return torch.where((tau > 1) & accepted, rejected, enumerated)
@@ -125,8 +109,8 @@ def _sample_winding(d: Tensor, rt: Tensor, generator) -> Tensor:
     n = _enumerated_winding(d, rt, generator, window)
     if bool(large.any()):
         large = large.expand_as(d)
-        rejected, accepted = _rejected_winding_on_host(-d[large] / _TWO_PI,
-                                                       tau.expand_as(d)[large], generator)
+        rejected, accepted = _rejected_winding(-d[large] / _TWO_PI, tau.expand_as(d)[large],
+                                               generator)
         fallback = _enumerated_winding(d[large], rt.expand_as(d)[large], generator)
         n[large] = torch.where(accepted, rejected, fallback)
     return n

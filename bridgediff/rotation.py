@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _igso3
-from ._util import as_param, on_host, positive, require_float
+from ._util import as_param, on_host, positive, rejection, require_float, use_host_path
 from .process import Process
 
 __all__ = ["RotationDiffusion", "igso3_angle_pdf", "igso3_angle_cdf"]
@@ -183,7 +183,7 @@ def _resampled_bridge(eps2_s, eps2_rest, q0, qt, generator, tries=BRIDGE_TRIES,
     """
     exact, accepted = _rejection(eps2_s, eps2_rest, q0, qt, generator, tries)
     # On CPU only the rejected rotations are resampled; elsewhere all are (no host sync).
-    todo = ((~accepted).nonzero().squeeze(1) if on_host(q0)
+    todo = ((~accepted).nonzero().squeeze(1) if use_host_path(q0)
             else torch.arange(q0.shape[0], device=q0.device))
     resampled = _importance_resample(eps2_s[todo], eps2_rest[todo], q0[todo], qt[todo],
                                      generator, candidates)
@@ -206,7 +206,7 @@ def _rejection(eps2_s, eps2_rest, q0, qt, generator, tries):
         u = torch.rand(angle.shape, generator=generator, dtype=torch.float64, device=q0.device)
         return cand, torch.log(u) < log_ratio
 
-    return _igso3.rejection(propose, q0.shape[0], tries, q0)
+    return rejection(propose, q0.shape[0], tries, q0)
 
 
 def _importance_resample(eps2_s, eps2_rest, q0, qt, generator, candidates):

@@ -10,7 +10,6 @@ from scipy import integrate, special
 from scipy import stats as sps
 
 import bridgediff as bd
-import bridgediff.circle
 from bridgediff.circle import _rejected_winding, _sample_winding, _wrap
 from stats import ALPHA, assert_chi2, assert_ks, assert_ks_2samp
 
@@ -116,11 +115,8 @@ WINDING_ROWS = [(1e-6, -math.pi + 1e-7), (1.0, 2.5), (30.0, -math.pi), (40.0, 0.
                 (100.0, 2.5), (1e3, -2.0), (1e5, 1.0)]
 
 
-@pytest.mark.parametrize("path", ["host", "device"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_winding_is_the_discrete_gaussian(dtype, path, monkeypatch):
-    if path == "device":  # the sync-free path that accelerators take, run here on the CPU
-        monkeypatch.setattr(bridgediff.circle, "on_host", lambda x: False)
+def test_winding_is_the_discrete_gaussian(dtype, sampler_path):
     rows = WINDING_ROWS if dtype == torch.float64 else WINDING_ROWS[1:]
     rt = torch.tensor([r for r, _ in rows], dtype=dtype)[:, None]
     d = torch.tensor([d for _, d in rows], dtype=dtype)[:, None].expand(-1, 50_000)

@@ -268,16 +268,12 @@ def test_bridge_far_apart_endpoints_stay_on_the_geodesic(dtype):
     assert float((from_start + to_end - big_omega).abs().max()) < 40 * sd ** 2 + 1e-5
 
 
-@pytest.mark.parametrize("path", ["host", "device"])
-def test_forward_device_path_draws_the_same_law(path, monkeypatch):
-    """With on_host patched to False, the CPU runs the code meant for other devices (both
+def test_forward_device_path_draws_the_same_law(sampler_path):
+    """On the device path (forced on the CPU) the code meant for other devices runs (both
     proposal forms on every element, every rejection round over all elements, the
     inverse-CDF fallback always), on one batch that mixes the proposal and density forms.
     (The bridge's device path is too slow on a CPU to test here: its 80 IGSO(3) draws each
     run the 52-step bisection.)"""
-    if path == "device":
-        for module in (_igso3, bd.rotation):
-            monkeypatch.setattr(module, "on_host", lambda x: False)
     g = torch.Generator().manual_seed(13)
     t = torch.tensor([5e-4, 0.5, 10.0])  # ε² = 1e-3 (images), 1 (series), 20 (Haar proposal)
     x0 = haar(3 * 5000, g).reshape(3, 5000, 4)
