@@ -1,27 +1,53 @@
-"""The process protocol: what a space must provide to be diffused."""
+"""The process protocol: what a space must provide to be diffused.
+
+This module is a leaf: it imports nothing else from bridgediff, so every other module can
+build on it.
+"""
+
+import abc
 
 import torch
 from torch import Tensor
 
 
-class Process:
+class Process(abc.ABC):
     r"""Base class of every diffusion process.
 
     A process noises data forward in time (t = 0 is data) and can sample its bridge
-    p(x_s | x_0, x_t) for 0 < s < t. A new process implements, on plain tensors,
+    p(x_s | x_0, x_t) for 0 < s < t. A new process implements two methods on plain tensors:
 
     * ``sample_forward(t, x0, generator)``: a draw of x_t ~ p(x_t | x_0);
     * ``endpoint_conditioned_sample(s, t, x0, x_t, generator)``: a draw of
-      x_s ~ p(x_s | x_0, x_t);
+      x_s ~ p(x_s | x_0, x_t).
 
-    and optionally ``sample_equilibrium(shape, generator=, device=, dtype=)``. The free
-    functions (``bd.sample_forward``, ``bd.endpoint_conditioned_sample``, ...) validate the
-    arguments, unwrap masks and tuples, and pass ``s`` and ``t`` as tensors on the data's
-    device, in its float dtype, that broadcast against the data: 0-d, or (B, 1, ..., 1).
-    Batching of t, masks, tuples and ``sample_backward`` then need no further code.
+    The free functions (``bd.sample_forward``, ``bd.endpoint_conditioned_sample``, ...)
+    validate the arguments, walk tuples, lists, dicts and masks, cast the result to the
+    input's dtype, and pass ``s`` and ``t`` as tensors on the data's device, in its float
+    dtype (the default float dtype for integer data), that broadcast against the data: 0-d,
+    or (B, 1, ..., 1). Batching of t, masks, tuples and ``sample_backward`` then need no
+    further code.
 
-    Class attribute ``event_ndim``: the number of trailing dimensions that form one element
-    (0 for scalars, 1 for quaternions); masks have the data's shape without them.
+    Optional hooks, each with a default; override what applies:
+
+    ======================================  ==================================================
+    hook                                    meaning (default)
+    ======================================  ==================================================
+    ``event_ndim`` (class attribute)        trailing dimensions forming one element: 0 for
+                                            scalars, 1 for vectors such as quaternions (0);
+                                            masks and losses have the shape without them
+    ``sample_equilibrium(shape, *,          a draw from the stationary law (raises
+    generator, device, dtype)``             ValueError: none)
+    ``check_state(x, name)``                raise TypeError/ValueError for an invalid state;
+                                            value checks only where ``on_host`` (accept all)
+    ``check_endpoints(x0, x_t)``            validate a bridge's x0 against x_t (same shape,
+                                            and ``check_state(x0)``)
+    ``check_prediction(x0_hat, x0)``        validate a model's output for the loss (same
+                                            shape as x0, floating point)
+    ``loss(x0_hat, x0)``                    per-element training loss, state shape without
+                                            event dimensions (NotImplementedError)
+    ``scaler(t)``                           default time scaler of the standard loss
+                                            (NotImplementedError)
+    ======================================  ==================================================
 
     Example::
 
@@ -34,42 +60,51 @@ class Process:
 
     event_ndim: int = 0
 
+    @abc.abstractmethod
     def sample_forward(self, t: Tensor, x0: Tensor, generator=None) -> Tensor:
         """Draw x_t ~ p(x_t | x_0 = x0). ``t`` broadcasts against ``x0``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement sample_forward")
 
+    @abc.abstractmethod
     def endpoint_conditioned_sample(self, s: Tensor, t: Tensor, x0: Tensor, x_t: Tensor,
                                     generator=None) -> Tensor:
         """Draw x_s ~ p(x_s | x_0 = x0, x_t) for 0 < s < t."""
-        raise NotImplementedError(
-            f"{type(self).__name__} must implement endpoint_conditioned_sample")
 
     def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None) -> Tensor:
         """Draw from the stationary law, a tensor of the given shape."""
         raise ValueError(f"{type(self).__name__} has no equilibrium distribution; start the "
                          f"backward chain from sample_forward(process, T, x0) instead")
 
-    def sample_backward(self, guess, timesteps, x_T, *, tracker=None, generator=None,
-                        progress=False):
-        """Same as ``bd.sample_backward(guess, self, timesteps, x_T, ...)``."""
-        from .sampling import sample_backward
-        return sample_backward(guess, self, timesteps, x_T, tracker=tracker,
-                               generator=generator, progress=progress)
+    def sample_backward(self, guess, timesteps, x_T, **options):
+        """Same as ``bd.sample_backward(guess, self, timesteps, x_T, **options)``."""
+        import bridgediff  # the free function lives above this leaf module
+        return bridgediff.sample_backward(guess, self, timesteps, x_T, **options)
 
-    # Hooks for validation and training; subclasses override what applies to them.
+    # ------------------------------------------------------------ optional hooks
 
     def check_state(self, x: Tensor, name: str) -> None:
         """Raise TypeError or ValueError if ``x`` is not a valid state tensor.
 
-        Called by the free functions on their inputs; value checks should run only for CPU
-        tensors so that no call synchronises with an accelerator.
+        Called by the free functions on their inputs; value checks should run only where
+        ``bridgediff._util.on_host(x)``, so that no call synchronises with an accelerator.
         """
 
     def check_endpoints(self, x0: Tensor, x_t: Tensor) -> None:
-        """Raise ValueError if a bridge's x0 does not fit x_t (default: same shape)."""
+        """Raise ValueError if a bridge's x0 does not fit x_t (default: same shape, and a
+        valid state)."""
         if x0.shape != x_t.shape:
             raise ValueError(f"x0 has shape {tuple(x0.shape)} but x_t has shape "
                              f"{tuple(x_t.shape)}; they must match for {type(self).__name__}")
+        self.check_state(x0, "x0")
+
+    def check_prediction(self, x0_hat: Tensor, x0: Tensor) -> None:
+        """Raise TypeError or ValueError if the model output ``x0_hat`` cannot be scored
+        against the data ``x0`` by ``loss`` (default: a float tensor of x0's shape)."""
+        if not x0_hat.is_floating_point():
+            raise TypeError(f"x0_hat must be a floating-point tensor for "
+                            f"{type(self).__name__}, got dtype {x0_hat.dtype}")
+        if x0_hat.shape != x0.shape:
+            raise ValueError(f"x0_hat has shape {tuple(x0_hat.shape)} but x0 has shape "
+                             f"{tuple(x0.shape)}; they must match for {type(self).__name__}")
 
     def loss(self, x0_hat: Tensor, x0: Tensor) -> Tensor:
         """Per-element training loss of a prediction, with the shape of the state (no event dims)."""
