@@ -160,6 +160,9 @@ class _Discrete(Process):
             x_s = self._hard_bridge(s, t, x0, x_t, generator)
         return x_s.to(x_t.dtype)
 
+    def check_prediction(self, x0_hat: Tensor, x0: Tensor) -> None:
+        """Logits (..., k) are checked by ``loss``."""
+
     def loss(self, x0_hat: Tensor, x0: Tensor) -> Tensor:
         """Cross-entropy of logits ``x0_hat`` (..., k) against states ``x0`` (...), divided by
         (k - 1)/k and times 1.44 (Diffusions.jl's standardloss); shape of ``x0``."""

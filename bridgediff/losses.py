@@ -3,9 +3,10 @@
 import torch
 from torch import Tensor
 
+from ._tree import check_mask, leaves, map_tree, split, state_mask
 from .masked import Masked
 from .process import Process, time_dtype
-from .sampling import _as_time, _check_positive_times, _map_tree, _unmask
+from .sampling import as_time, check_positive
 
 __all__ = ["standard_loss"]
 
@@ -29,63 +30,73 @@ def standard_loss(process, t, x0_hat, x0, *, scaler=None) -> Tensor:
       c(t) = √(1 − e^{−rt}), r the rate (GeneralDiscrete: the mean exit rate).
 
     Args:
-        process: a ``bd.Process`` or a (nested) tuple of them; for a tuple the result is the
-            sum of the components' losses.
-        t: positive time of each example: a float, 0-d tensor or 1-D tensor of length B.
+        process: a ``bd.Process`` or a (nested) tuple, list or dict of them; for a structure
+            the result is the sum of the components' losses.
+        t: positive time of each example: a real number, 0-d tensor or 1-D tensor of length
+            B, or a structure matching ``process`` (one time per component).
         x0_hat: the model's prediction, structured like ``x0``: for discrete components logits
-            (..., k); for rotations unit quaternions (..., 4).
+            (..., k) (probabilities are refused: pass their log); for rotations quaternions
+            (..., 4), normalised inside the loss.
         x0: the data (B, ...), a tensor or ``bd.Masked``. Only elements whose mask is True
             count; the mask comes from ``x0``, else from ``x0_hat`` if that is ``bd.Masked``.
-            A component with no masked element contributes 0.
+            A component with no masked element (or no element at all) contributes 0.
         scaler: optional callable ``(process, t) -> tensor`` replacing ``process.scaler``; it
             receives t on the data's device and dtype, 0-d or shaped (B, 1, ..., 1) like the
-            state, and is applied to every leaf of a tuple.
+            state, and is applied to every leaf of a structure. It must return a tensor that
+            broadcasts like t: 0-d, (B,), or (B, 1, ..., 1).
 
     Returns:
         a 0-d tensor, differentiable with respect to ``x0_hat``.
     """
-    losses = _map_tree(lambda p, a, b: _leaf_loss(p, t, a, b, scaler),
-                       process, (x0_hat, x0), ("x0_hat", "x0"))
-    return _total(losses)
-
-
-def _total(losses):
-    return sum(_total(c) for c in losses) if isinstance(losses, tuple) else losses
+    if scaler is not None and not callable(scaler):
+        raise TypeError(f"scaler must be callable (process, t) -> tensor, "
+                        f"got {type(scaler).__name__}")
+    losses = map_tree(lambda p, a, b, tt: _leaf_loss(p, tt, a, b, scaler),
+                      process, (x0_hat, x0, t), ("x0_hat", "x0", "t"), shared=(2,))
+    return sum(leaves(losses))
 
 
 def _leaf_loss(process: Process, t, x0_hat, x0, scaler) -> Tensor:
-    x, mask = _unmask(x0, process, "x0")
+    x, mask = split(x0, process, "x0")
     if isinstance(x0_hat, Masked):
-        mask = x0_hat.mask if mask is None else mask
+        if mask is None:
+            check_mask(x0_hat.mask, x, process, "x0_hat")
+            mask = x0_hat.mask
         x0_hat = x0_hat.x
     if not isinstance(x0_hat, Tensor):
         raise TypeError(f"x0_hat must be a tensor or bd.Masked, got {type(x0_hat).__name__}")
     process.check_state(x, "x0")
-    state_shape = x.shape[:x.ndim - process.event_ndim]
-    if x0_hat.shape[:len(state_shape)] != state_shape:  # would broadcast silently
-        raise ValueError(f"x0_hat of shape {tuple(x0_hat.shape)} does not fit x0 of shape "
-                         f"{tuple(x.shape)} for {type(process).__name__}")
-    if mask is not None and mask.shape != state_shape:
-        raise ValueError(f"x0_hat's mask has shape {tuple(mask.shape)}, expected "
-                         f"{tuple(state_shape)} for {type(process).__name__}")
-    tt = _as_time(t, x, time_dtype(x0_hat, x), "t")
-    _check_positive_times(tt, "t")
+    process.check_prediction(x0_hat, x)
+    tt = as_time(t, x, process, time_dtype(x0_hat, x), "t")
+    check_positive(tt, "t")
     loss = process.loss(x0_hat, x)
+    state = x.shape[:x.ndim - process.event_ndim]
+    if not isinstance(loss, Tensor) or loss.shape != state:
+        got = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+        raise TypeError(f"{type(process).__name__}.loss must return one loss per element, "
+                        f"shape {tuple(state)}, got {got}")
     scale = process.scaler(tt) if scaler is None else scaler(process, tt)
-    per_element = loss / _per_batch(scale, loss)
+    per_element = loss / _per_batch(scale, loss, tt)
     if mask is None:
-        return per_element.mean()
-    total = torch.where(mask, per_element, 0).sum()
-    return total / mask.sum().clamp(min=1)
+        return per_element.sum() / max(per_element.numel(), 1)
+    keep = state_mask(mask, x, process)
+    return torch.where(keep, per_element, 0).sum() / keep.sum().clamp(min=1)
 
 
-def _per_batch(scale: Tensor, loss: Tensor) -> Tensor:
-    """Bring a scaler shaped like the state, (B, 1, ..., 1), to the loss's rank.
+def _per_batch(scale, loss: Tensor, t: Tensor) -> Tensor:
+    """A scaler's value as a tensor that broadcasts against the loss, one value per batch
+    element: 0-d, (B,) or (B, 1, ..., 1) of the state's or the data's rank.
 
-    Rotations' states have one more (event) dimension than their loss. A scaler that
-    underflows to 0 (t below ~1e-38) is floored so that a perfect prediction costs 0, not NaN.
+    A scaler that underflows to 0 (t below ~1e-38) is floored so that a perfect prediction
+    costs 0, not NaN.
     """
     scale = torch.as_tensor(scale, dtype=loss.dtype, device=loss.device)
-    if scale.ndim > loss.ndim:
-        scale = scale.reshape(scale.shape[:loss.ndim])
+    if scale.ndim > 0:
+        batch = t.shape[0] if t.ndim else None
+        per_row = scale.shape[0] == batch and all(n == 1 for n in scale.shape[1:])
+        if not per_row or loss.ndim == 0:
+            raise ValueError(f"the scaler returned shape {tuple(scale.shape)}; expected a "
+                             f"scalar or one value per batch element, like t "
+                             f"{tuple(t.shape)}")
+        scale = scale.reshape((-1,) + (1,) * (loss.ndim - 1))
     return scale.clamp(min=torch.finfo(loss.dtype).tiny)

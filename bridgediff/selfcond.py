@@ -16,8 +16,8 @@ discrete component; discrete processes expose ``k``, the number of data states.
 import torch
 from torch import Tensor
 
+from ._tree import leaves, map_data, map_tree, unmasked
 from .process import time_dtype
-from .sampling import _first_leaf, _strip
 
 __all__ = ["SelfConditioned", "self_conditioning_input"]
 
@@ -56,11 +56,11 @@ class SelfConditioned:
         self.x0_prev = None
 
     def __call__(self, x_t, t):
-        x = _strip(x_t)
+        x = unmasked(x_t)
         if self.x0_prev is None:
             self.x0_prev = _blank_estimate(x, self.process)
         estimate = _estimate(self.model(x, self.x0_prev, t), x)
-        self.x0_prev = _tree_map(Tensor.detach, estimate)
+        self.x0_prev = map_data(Tensor.detach, estimate)
         return estimate
 
 
@@ -89,16 +89,18 @@ def self_conditioning_input(model, x_t, t, *, p=0.5, generator=None, process=Non
         raise TypeError(f"p must be a float, got {type(p).__name__}")
     if not 0 <= p <= 1:
         raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
-    x = _strip(x_t)
+    if not callable(model):
+        raise TypeError(f"model must be callable (x_t, x0_prev, t), got {type(model).__name__}")
+    x = unmasked(x_t)
     zeros = _blank_estimate(x, process)
     with torch.no_grad():
         estimate = _estimate(model(x, zeros, t), x)
-    first = _first_leaf(x)
+    first = leaves(x)[0]
     if first.ndim == 0:
         raise ValueError("x_t must have a leading batch dimension")
     keep = torch.rand(first.shape[0], generator=generator, device=first.device) < p
-    return _tree_map(lambda e, z: torch.where(keep.reshape((-1,) + (1,) * (z.ndim - 1)), e, z),
-                     estimate, zeros)
+    return map_data(lambda e, z: torch.where(keep.reshape((-1,) + (1,) * (z.ndim - 1)), e, z),
+                    estimate, zeros)
 
 
 def _blank_estimate(x, process):
@@ -108,20 +110,17 @@ def _blank_estimate(x, process):
     (..., k) in the first float component's dtype (else the default), with k from the
     matching ``process``.
     """
-    dtype = time_dtype(*(leaf for leaf in _leaves(x) if isinstance(leaf, Tensor)))
-    return _blank(x, process, dtype)
+    for leaf in leaves(x):
+        if not isinstance(leaf, Tensor):
+            raise TypeError(f"x_t must be a tensor, bd.Masked or a structure of them, "
+                            f"got {type(leaf).__name__}")
+    dtype = time_dtype(*leaves(x))
+    if process is None:
+        return map_data(lambda leaf: _blank(None, leaf, dtype), x)
+    return map_tree(lambda p, leaf: _blank(p, leaf, dtype), process, (x,), ("x_t",))
 
 
-def _blank(x, process, dtype):
-    if isinstance(x, tuple):
-        if process is None:
-            process = (None,) * len(x)
-        if not isinstance(process, tuple) or len(process) != len(x):
-            raise ValueError(f"process must be a tuple of {len(x)} processes to match x_t")
-        return tuple(_blank(c, q, dtype) for c, q in zip(x, process))
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x_t must be a tensor, bd.Masked or a tuple of them, "
-                        f"got {type(x).__name__}")
+def _blank(process, x: Tensor, dtype) -> Tensor:
     if x.is_floating_point():
         return torch.zeros_like(x)
     k = getattr(process, "k", None)
@@ -133,19 +132,10 @@ def _blank(x, process, dtype):
 
 def _estimate(x0_hat, x):
     """The model's output as an estimate: probabilities for discrete components."""
-    if isinstance(x, tuple):
-        if not isinstance(x0_hat, tuple) or len(x0_hat) != len(x):
-            raise TypeError(f"model must return a tuple of {len(x)} components to match x_t, "
-                            f"got {type(x0_hat).__name__}")
-        return tuple(_estimate(a, b) for a, b in zip(x0_hat, x))
-    return x0_hat if x.is_floating_point() else x0_hat.softmax(dim=-1)
+    def leaf(state, out):
+        if not isinstance(out, Tensor):
+            raise TypeError(f"model must return tensors matching x_t's structure, got "
+                            f"{type(out).__name__}")
+        return out if state.is_floating_point() else out.softmax(dim=-1)
 
-
-def _tree_map(fn, tree, *others):
-    if isinstance(tree, tuple):
-        return tuple(_tree_map(fn, *parts) for parts in zip(tree, *others))
-    return fn(tree, *others)
-
-
-def _leaves(x):
-    return [leaf for c in x for leaf in _leaves(c)] if isinstance(x, tuple) else [x]
+    return map_data(leaf, x, x0_hat, names=["the model's output"], what="x_t")

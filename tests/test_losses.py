@@ -286,10 +286,11 @@ def test_bad_input():
         bd.standard_loss(process, -1.0, x0, x0)
     with pytest.raises(ValueError, match="t has length"):
         bd.standard_loss(process, torch.ones(B + 1), x0, x0)
-    with pytest.raises(ValueError, match="x0_hat of shape"):  # would broadcast silently
+    with pytest.raises(ValueError, match="x0_hat has shape"):  # would broadcast silently
         bd.standard_loss(process, 1.0, torch.zeros(B, 1), x0)
     with pytest.raises(ValueError, match="x0_hat's mask"):
-        bd.standard_loss(process, 1.0, bd.masked(x0, torch.ones(B, dtype=bool)), x0)
+        q = torch.tensor([0.0, 0, 0, 1]).expand(B, 4)
+        bd.standard_loss(bd.RotationDiffusion(), 1.0, bd.masked(q, torch.ones(B, 4, dtype=bool)), q)
     with pytest.raises(ValueError, match="x0 has 1 components"):
         bd.standard_loss((process, process), 1.0, (x0, x0), (x0,))
     with pytest.raises(TypeError, match="x0_hat must be a tuple"):

@@ -197,8 +197,28 @@ def test_mask_shape_mismatch():
         bd.masked(x, torch.ones(3, dtype=torch.bool))
     with pytest.raises(TypeError, match="mask"):
         bd.masked(x, torch.ones(4, 3))
-    with pytest.raises(ValueError, match="mask"):       # a prefix mask, but OU needs (4, 3)
-        bd.sample_forward(P, 1.0, bd.masked(x, torch.ones(4, dtype=torch.bool)))
+    q = torch.tensor([0.0, 0, 0, 1]).expand(4, 4)     # a leading part of x, not of the state
+    with pytest.raises(ValueError, match="mask has shape"):
+        bd.sample_forward(bd.RotationDiffusion(), 1.0, bd.masked(q, torch.ones(4, 4, dtype=bool)))
+
+
+def test_mask_of_leading_dimensions_broadcasts_over_the_state():
+    """A per-residue mask (B, L) on positions (B, L, 3) acts as its expansion to (B, L, 3)."""
+    P = bd.OrnsteinUhlenbeck()
+    x0 = torch.randn(5, 7, 3, generator=gen(30))
+    residues = torch.rand(5, 7, generator=gen(31)) < 0.5
+    full = residues[..., None].expand(5, 7, 3)
+    a = bd.sample_forward(P, 1.0, bd.masked(x0, residues), generator=gen(32))
+    b = bd.sample_forward(P, 1.0, bd.masked(x0, full), generator=gen(32))
+    assert a.mask is residues and torch.equal(a.x, b.x) and torch.equal(a.x[~residues], x0[~residues])
+    xs = bd.endpoint_conditioned_sample(P, 0.5, 1.0, x0, a, generator=gen(33))
+    assert torch.equal(xs.x[~residues], x0[~residues]) and not torch.equal(xs.x, a.x)
+    q = bd.sample_equilibrium(bd.RotationDiffusion(), (5, 7, 4), generator=gen(34))
+    held = bd.sample_forward(bd.RotationDiffusion(), 1.0, bd.masked(q, residues[:, 0]), generator=gen(35))
+    assert torch.equal(held.x[~residues[:, 0]], q[~residues[:, 0]])
+    loss_a = bd.standard_loss(P, 1.0, xs.x, bd.masked(x0, residues))
+    loss_b = bd.standard_loss(P, 1.0, xs.x, bd.masked(x0, full))
+    torch.testing.assert_close(loss_a, loss_b)
 
 
 # ---------------------------------------------------------------- custom processes
