@@ -9,6 +9,7 @@ from .discrete import AbsorbingDiscrete, GeneralDiscrete, IndependentDiscrete, U
 from .euclidean import BrownianMotion, OrnsteinUhlenbeck
 from .features import RandomFourierFeatures
 from .losses import standard_loss
+from ._tree import unmasked
 from .masked import Masked, masked
 from .process import Process
 from .rotation import RotationDiffusion, igso3_angle_cdf, igso3_angle_pdf
@@ -22,7 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     # free functions
     "sample_forward", "endpoint_conditioned_sample", "sample_backward", "sample_equilibrium",
-    "standard_loss", "time_schedule", "masked", "Masked", "Tracker",
+    "standard_loss", "time_schedule", "masked", "Masked", "unmasked", "Tracker",
     # training helpers
     "RandomFourierFeatures", "SelfConditioned", "self_conditioning_input",
     # processes

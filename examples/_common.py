@@ -10,7 +10,7 @@ def parse_args(description: str) -> argparse.Namespace:
     """``--quick`` (a tiny run of a few seconds) and ``--out DIR`` (where the PNGs go)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="a tiny run of a few seconds")
-    parser.add_argument("--out", default=".", help="folder for the PNG figures")
+    parser.add_argument("--out", default="out", help="folder for the PNG figures (default: ./out)")
     return parser.parse_args()
 
 

@@ -107,7 +107,7 @@ def generate(n, feature, timesteps, generator, tracker=None):
     x = bd.sample_backward(exact_guess(feature is not None, generator),
                            (size_process, feature_process), timesteps, x_T,
                            tracker=tracker, generator=generator, progress=True)
-    return tuple(c.x if isinstance(c, bd.Masked) else c for c in x)
+    return bd.unmasked(x)
 
 
 def conditional_log_size_density(log_size, feature):

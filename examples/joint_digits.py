@@ -65,7 +65,7 @@ def training_step(model, optimizer, data, batch_size, generator):
     held = torch.rand(batch_size, generator=generator, device=dev) < 0.5
     x0 = (pixels[index], bd.masked(labels[index], ~held))  # held labels stay clean
     x_t = bd.sample_forward(PROCESS, t, x0, generator=generator)
-    x_t = (x_t[0], x_t[1].x)  # the model sees plain tensors, and `held`
+    x_t = bd.unmasked(x_t)  # the model sees plain tensors, and `held`
 
     def net(x, x0_prev, t):
         return model(x, x0_prev, t, held)

@@ -50,3 +50,18 @@ def assert_categorical(samples, probs, alpha: float = ALPHA, what: str = "") -> 
     s = torch.as_tensor(samples).reshape(-1).to("cpu", torch.int64)
     assert int(s.min()) >= 0 and int(s.max()) < len(probs), f"{what} state out of range"
     assert_chi2(torch.bincount(s, minlength=len(probs)), probs, alpha, what)
+
+
+def assert_binomial(successes, trials, p, alpha: float = ALPHA, what: str = "") -> None:
+    """Exact binomial test that ``successes`` out of ``trials`` fit probability ``p``."""
+    res = stats.binomtest(int(successes), int(trials), float(p))
+    assert res.pvalue > alpha, f"{what} {int(successes)}/{int(trials)} vs p={p:.4g} p-value={res.pvalue:.3g}"
+
+
+def assert_same_categorical(table, alpha: float = ALPHA, what: str = "") -> None:
+    """Chi-square test of homogeneity: the rows of a contingency ``table`` of counts
+    (samples × categories) come from one law."""
+    table = np.asarray(table, dtype=np.float64)
+    table = table[:, table.sum(0) > 0]
+    res = stats.chi2_contingency(table)
+    assert res.pvalue > alpha, f"{what} chi2={res.statistic:.4g} p={res.pvalue:.3g}"

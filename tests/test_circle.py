@@ -11,7 +11,7 @@ from scipy import stats as sps
 
 import bridgediff as bd
 from bridgediff.circle import _rejected_winding, _sample_winding, _wrap
-from stats import ALPHA, assert_chi2, assert_ks, assert_ks_2samp
+from stats import assert_binomial, assert_chi2, assert_ks, assert_ks_2samp
 
 DTYPES = [torch.float32, torch.float64]
 TWO_PI = 2 * np.pi
@@ -135,7 +135,7 @@ def test_winding_keeps_the_mass_beyond_six_windings(rt):
     support, probs = winding_pmf(2.5, rt)
     far = int((n.abs() > 6).sum())
     p_far = probs[np.abs(support) > 6].sum()
-    assert sps.binomtest(far, n.numel(), p_far).pvalue > ALPHA, (far, p_far * n.numel())
+    assert_binomial(far, n.numel(), p_far, what="windings beyond 6")
 
 
 def test_each_rejection_round_accepts_the_exact_law_at_the_proven_rate():
@@ -152,7 +152,7 @@ def test_each_rejection_round_accepts_the_exact_law_at_the_proven_rate():
         rate = (math.exp(-1 / (4 * math.sqrt(ta))) * np.exp(-(support - ca) ** 2 / (2 * ta)).sum()
                 / math.sqrt(2 * math.pi * spread))
         hits = int(accepted[row].sum())
-        assert sps.binomtest(hits, accepted.shape[1], rate).pvalue > ALPHA, (ta, hits, rate)
+        assert_binomial(hits, accepted.shape[1], rate, what=f"acceptance tau={ta}")
 
 
 # ---------------------------------------------------------------- the exact bridge

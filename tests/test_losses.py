@@ -297,3 +297,34 @@ def test_bad_input():
         bd.standard_loss((process, process), 1.0, x0, (x0, x0))
     with pytest.raises(TypeError, match="x0_hat must be a tensor"):
         bd.standard_loss(process, 1.0, [0.0] * 3, x0)
+
+
+def test_empty_components_contribute_zero_not_nan():
+    P = (bd.OrnsteinUhlenbeck(), bd.UniformDiscrete(1.0, 3))
+    x0 = (torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+    loss = bd.standard_loss(P, 1.0, (torch.zeros(0, 3), torch.zeros(0, 3)), x0)
+    assert loss.item() == 0.0
+    full = (torch.ones(4, 3), torch.zeros(4, dtype=torch.long))
+    both = bd.standard_loss((P[0], P[0]), 1.0, (torch.zeros(0, 3), full[0] * 0), (x0[0], full[0]))
+    torch.testing.assert_close(both, bd.standard_loss(P[0], 1.0, full[0] * 0, full[0]))
+
+
+def test_dicts_and_lists_of_components():
+    P = {"pos": bd.OrnsteinUhlenbeck(), "aa": bd.UniformDiscrete(1.0, 4)}
+    x0 = {"pos": torch.randn(B, 3), "aa": torch.randint(0, 4, (B,))}
+    x0_hat = {"aa": torch.randn(B, 4), "pos": torch.zeros(B, 3)}
+    total = bd.standard_loss(P, 0.7, x0_hat, x0)
+    parts = [bd.standard_loss(P[k], 0.7, x0_hat[k], x0[k]) for k in P]
+    torch.testing.assert_close(total, sum(parts))
+    per_component = bd.standard_loss(P, {"pos": 0.7, "aa": 2.0}, x0_hat, x0)
+    torch.testing.assert_close(per_component, parts[0] + bd.standard_loss(P["aa"], 2.0, x0_hat["aa"],
+                                                                          x0["aa"]))
+
+
+def test_a_custom_loss_of_the_wrong_shape_is_named():
+    class Summed(bd.OrnsteinUhlenbeck):
+        def loss(self, x0_hat, x0):
+            return ((x0_hat - x0) ** 2).sum()
+
+    with pytest.raises(TypeError, match="Summed.loss must return one loss per element"):
+        bd.standard_loss(Summed(), 1.0, torch.zeros(B, 3), torch.ones(B, 3))

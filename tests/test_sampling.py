@@ -363,3 +363,150 @@ def test_cuda_sampling_stays_on_device_without_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert x[0].device.type == "cuda" and x[1].dtype == torch.float64
+
+
+# ---------------------------------------------------------------- the contract (issue 12)
+
+def test_outputs_take_the_dtype_of_x_t_and_x0():
+    """Bridges return x_t's dtype and forwards x0's, for built-in and custom processes."""
+    x0, xt = torch.zeros(5, dtype=torch.float64), torch.ones(5, dtype=torch.float32)
+    for P in (bd.BrownianMotion(), bd.OrnsteinUhlenbeck(), ScaledBrownian(1.0)):
+        assert bd.endpoint_conditioned_sample(P, 0.5, 1.0, x0, xt).dtype == torch.float32
+        assert bd.endpoint_conditioned_sample(P, 0.5, 1.0, xt, x0).dtype == torch.float64
+        assert bd.sample_forward(P, torch.tensor(1.0, dtype=torch.float64), xt).dtype == torch.float32
+
+
+class WrongShape(ScaledBrownian):
+    def sample_forward(self, t, x0, generator=None):
+        return super().sample_forward(t, x0, generator)[:, None]
+
+
+def test_a_custom_process_returning_the_wrong_shape_is_named():
+    with pytest.raises(TypeError, match="WrongShape.sample_forward must return .* shape"):
+        bd.sample_forward(WrongShape(1.0), 1.0, torch.zeros(3))
+
+
+def test_process_is_abstract():
+    class Half(bd.Process):
+        def sample_forward(self, t, x0, generator=None):
+            return x0
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half()
+
+
+def test_lists_serve_as_tuples_and_keep_their_kind():
+    P = (bd.OrnsteinUhlenbeck(), bd.UniformDiscrete(1.0, 4))
+    x0 = [torch.zeros(6, 2), torch.zeros(6, dtype=torch.long)]          # what a DataLoader yields
+    xt = bd.sample_forward(P, torch.ones(6), x0, generator=gen(40))
+    assert isinstance(xt, list) and xt[0].shape == (6, 2) and xt[1].dtype == torch.long
+    xs = bd.endpoint_conditioned_sample(list(P), 0.5, 1.0, tuple(x0), xt, generator=gen(41))
+    assert isinstance(xs, list)
+    seen = []
+    out = bd.sample_backward(lambda x, t: seen.append(type(x)) or x, P, [0.5, 1.0], xt)
+    assert isinstance(out, list) and seen == [list]
+    loss = bd.standard_loss(P, 1.0, [x0[0], torch.zeros(6, 4)], x0)
+    assert loss.shape == () and bool(torch.isfinite(loss))
+
+
+def test_dicts_of_processes_match_dicts_of_data_nested_freely():
+    P = {"pos": bd.OrnsteinUhlenbeck(), "rot": bd.RotationDiffusion(),
+         "seq": (bd.UniformDiscrete(1.0, 20), bd.BrownianMotion())}
+    q = bd.sample_equilibrium(P["rot"], (4, 3, 4), generator=gen(42))
+    x0 = {"seq": (torch.zeros(4, 3, dtype=torch.long), torch.zeros(4)), "pos": torch.zeros(4, 3, 3),
+          "rot": bd.masked(q, torch.tensor([True, False, True, True]))}
+    xt = bd.sample_forward(P, torch.rand(4, generator=gen(43)) + 0.1, x0, generator=gen(44))
+    assert set(xt) == {"pos", "rot", "seq"} and isinstance(xt["seq"], tuple)
+    assert torch.equal(xt["rot"].x[1], q[1]) and xt["pos"].shape == (4, 3, 3)
+    eq = bd.sample_equilibrium({"pos": P["pos"], "seq": [P["seq"][0], P["pos"]]},
+                               {"pos": (2, 3), "seq": ((2,), (2,))}, generator=gen(45))
+    assert eq["pos"].shape == (2, 3) and eq["seq"][0].shape == (2,)
+    with pytest.raises(ValueError, match="keys"):
+        bd.sample_forward(P, 1.0, {"pos": x0["pos"], "rot": q})
+    with pytest.raises(TypeError, match="must be a dict"):
+        bd.sample_forward(P, 1.0, (x0["pos"], q, x0["seq"]))
+    plain = bd.unmasked(xt)
+    assert isinstance(plain["rot"], torch.Tensor) and torch.equal(plain["rot"], xt["rot"].x)
+
+
+def test_per_component_times():
+    """t given as a structure matching the processes gives each component its own time."""
+    P = (bd.BrownianMotion(), bd.BrownianMotion(4.0))
+    n = 20_000
+    x = bd.sample_forward(P, (0.5, torch.full((n,), 2.0)), (torch.zeros(n), torch.zeros(n)),
+                          generator=gen(46))
+    assert_ks(x[0] / math.sqrt(0.5), stats.norm.cdf, what="component 0 at t = 0.5")
+    assert_ks(x[1] / math.sqrt(8.0), stats.norm.cdf, what="component 1 at t = 2")
+    with pytest.raises(TypeError, match="single"):
+        bd.sample_forward(P[0], (0.5, 1.0), torch.zeros(3))
+    with pytest.raises(ValueError, match="t has 3 components"):
+        bd.sample_forward(P, (0.5, 1.0, 2.0), (torch.zeros(3), torch.zeros(3)))
+
+
+def test_backward_validates_the_start_and_every_guess():
+    P = bd.AbsorbingDiscrete(1.0, 5)
+    with pytest.raises(ValueError, match="x_T has states outside"):
+        bd.sample_backward(lambda x, t: x, P, [0.5, 1.0], torch.full((3,), 10))
+    U = bd.UniformDiscrete(1.0, 5)
+    with pytest.raises(ValueError, match="guess.*states outside"):
+        bd.sample_backward(lambda x, t: x + 7, U, [0.5, 1.0], torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="guess.*shape"):
+        bd.sample_backward(lambda x, t: x[:2], P_OU, [0.5, 1.0], X)
+    with pytest.raises(TypeError, match="guess.*tensor"):
+        bd.sample_backward(lambda x, t: None, P_OU, [0.5, 1.0], X)
+    with pytest.raises(TypeError, match="x_T must be a tensor"):
+        bd.sample_backward(lambda x, t: x, (P_OU, P_OU), [0.5, 1.0], ((), X))
+
+
+def test_backward_builds_no_graph_but_a_guess_may_use_gradients():
+    weight = torch.tensor(0.5, requires_grad=True)
+    grads = []
+
+    def guess(x, t):
+        with torch.enable_grad():                     # e.g. classifier guidance
+            y = x.detach().requires_grad_()
+            (g,) = torch.autograd.grad((weight * y ** 2).sum(), y)
+            grads.append(g)
+        return weight * x
+
+    out = bd.sample_backward(guess, P_OU, [0.1, 0.5, 1.0], torch.ones(4, 2), generator=gen(47))
+    assert out.grad_fn is None and not out.requires_grad and len(grads) == 2
+    assert torch.equal(grads[0], torch.ones(4, 2))
+
+
+def test_single_element_has_no_batch_to_match_a_time_vector():
+    q = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="t has length 4.*none"):
+        bd.sample_forward(bd.RotationDiffusion(), torch.ones(4), q)
+
+
+@pytest.mark.parametrize("call,err,match", [
+    (lambda: bd.endpoint_conditioned_sample(P_OU, 0.5, math.inf, X, X), ValueError, "t must be pos"),
+    (lambda: bd.endpoint_conditioned_sample(P_OU, 0.5, float("nan"), X, X), ValueError, "t must be"),
+    (lambda: bd.sample_equilibrium((P_OU, P_OU), (3, 4)), TypeError, "one shape .* per component"),
+    (lambda: bd.sample_equilibrium(P_OU, (-1,)), ValueError, "non-negative"),
+    (lambda: bd.sample_equilibrium(P_OU, (2.5,)), TypeError, "shape_or_like"),
+    (lambda: bd.Masked(X, torch.ones(4, 2)), TypeError, "bool"),
+    (lambda: bd.Masked(X, torch.ones(3, dtype=bool)), ValueError, "leading part"),
+    (lambda: bd.sample_backward("guess", P_OU, [0.5, 1.0], X), TypeError, "guess must be callable"),
+    (lambda: bd.sample_backward(lambda x, t: x, P_OU, [0.5, 1.0], X, tracker=[]), TypeError,
+     "tracker must be callable"),
+    (lambda: bd.sample_backward(lambda x, t: x, P_OU, "abc", X), TypeError, "timesteps"),
+    (lambda: bd.sample_backward(lambda x, t: x, P_OU, torch.tensor([0.5, 1j]), X), TypeError,
+     "timesteps must be real"),
+    (lambda: bd.sample_forward(P_OU, 1 + 1j, X), TypeError, "t must be a real"),
+    (lambda: bd.sample_forward(P_OU, torch.tensor(1 + 0j), X), TypeError, "t must be real"),
+    (lambda: bd.sample_forward(P_OU, True, X), TypeError, "t must be a real"),
+    (lambda: bd.standard_loss(P_OU, 1.0, X, X, scaler=2.0), TypeError, "scaler must be callable"),
+    (lambda: bd.standard_loss(P_OU, 1.0, X, X, scaler=lambda p, t: torch.ones(3)), ValueError,
+     "scaler returned shape"),
+])
+def test_contract_errors(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_numpy_numbers_are_times():
+    x = bd.sample_forward(P_OU, np.float32(0.5), X, generator=gen(48))
+    y = bd.sample_forward(P_OU, 0.5, X, generator=gen(48))
+    assert torch.equal(x, y)

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from scipy import stats
 
 import bridgediff as bd
+from stats import assert_binomial
 
 B = 8
 
@@ -176,7 +176,7 @@ def test_zeroes_the_chosen_fraction_without_gradient():
                                       generator=torch.Generator().manual_seed(5))
     assert not prev.requires_grad and prev.grad_fn is None
     chosen = chosen_rows(prev)
-    assert stats.binomtest(int(chosen.sum()), n, p).pvalue > 1e-3
+    assert_binomial(chosen.sum(), n, p, what="chosen rows")
     with torch.no_grad():
         estimate = model(x_t, torch.zeros_like(x_t), 0.5)
     assert torch.equal(prev[chosen], estimate[chosen])
@@ -221,3 +221,21 @@ def test_bad_p():
     for p in (True, "half", torch.tensor(0.5)):
         with pytest.raises(TypeError, match="p must be a float"):
             bd.self_conditioning_input(model, torch.zeros(B, 2), 1.0, p=p)
+
+
+def test_dicts_and_lists_of_components():
+    P = {"x": bd.OrnsteinUhlenbeck(), "y": [bd.UniformDiscrete(1.0, 3)]}
+    x_t = {"x": torch.zeros(B, 2), "y": [torch.zeros(B, dtype=torch.long)]}
+
+    def model(x, prev, t):
+        assert isinstance(prev, dict) and isinstance(prev["y"], list)
+        assert prev["y"][0].shape == (B, 3) and prev["x"].shape == (B, 2)
+        return {"x": x["x"] + 1, "y": [torch.zeros(B, 3)]}
+
+    est = bd.self_conditioning_input(model, x_t, 1.0, p=1.0, process=P)
+    assert torch.equal(est["x"], torch.ones(B, 2))
+    torch.testing.assert_close(est["y"][0], torch.full((B, 3), 1 / 3))
+    with pytest.raises(TypeError, match="model's output"):
+        bd.self_conditioning_input(lambda x, p, t: (x["x"],), x_t, 1.0, process=P)
+    with pytest.raises(TypeError, match="model must be callable"):
+        bd.self_conditioning_input("model", x_t, 1.0, process=P)
