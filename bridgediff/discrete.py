@@ -368,8 +368,8 @@ class GeneralDiscrete(_MarkovChain):
 
     Transition matrices are computed once per time in a call (one for a scalar t, B for one
     time per batch element; never one per element), in float64 by uniformisation and scaling
-    and squaring, then cast to the data's float dtype: with J = I + Q/q (q the largest exit
-    rate, J a stochastic matrix) and u·q = τ·2^m (τ ≤ 1, m chosen per time),
+    and squaring: with J = I + Q/q (q the largest exit rate, J a stochastic matrix) and
+    u·q = τ·2^m (τ ≤ 1, m chosen per time),
 
     .. math::
         P(u) = \Big(e^{-\tau} \sum_{j \le 18} \tfrac{\tau^j}{j!} J^j\Big)^{2^m},
@@ -379,8 +379,11 @@ class GeneralDiscrete(_MarkovChain):
     and large u converge to the limit law (the stationary law, or the absorption law when the
     chain has several closed classes). Times beyond the chain's mixing time (found once, at
     construction) take the limit itself, so the number of squarings is bounded and the
-    device path needs no host synchronisation. Hard x0 then costs O(k) per element and soft
-    x0 O(k²). No eigendecomposition, so any Q works, defective or with complex spectrum.
+    device path needs no host synchronisation. The bridges' weights stay in float64 whatever
+    the data's dtype: a bridge multiplies two small probabilities, P(s)[i, j] P(t−s)[j, l],
+    whose float32 product underflows for endpoints a dozen jumps apart at t = 1e-3. Hard x0
+    then costs O(k) per element and soft x0 O(k²). No eigendecomposition, so any Q works,
+    defective or with complex spectrum.
 
     ``Q`` is stored in float64 with its diagonal reset to minus the off-diagonal row sums
     (rows must sum to 0 within 1e-6 of the largest rate). ``rate`` is the mean exit rate
@@ -411,7 +414,7 @@ class GeneralDiscrete(_MarkovChain):
         self._squarings = _mixing_squarings(self._powers)
 
     def _transition(self, u: Tensor) -> Tensor:
-        """P(u) for each time of ``u`` (0-d or (B, 1, ..., 1)): (Bt, k, k) in u's dtype."""
+        """P(u) for each time of ``u`` (0-d or (B, 1, ..., 1)): (Bt, k, k) float64."""
         uq = u.reshape(-1).to(torch.float64) * self._exit
         m = torch.ceil(torch.log2(uq / _TAU))
         mixed = m > self._squarings                    # P(u) is the limit to float64 precision
@@ -425,10 +428,11 @@ class GeneralDiscrete(_MarkovChain):
         squared = (m > torch.arange(steps, device=m.device).unsqueeze(-1))[..., None, None]
         for i in range(steps):
             p = torch.where(squared[i], _normalised_rows(p @ p), p)
-        return p.to(u.dtype)
+        return p
 
     def _forward(self, t, x0, generator=None):
-        return _categorical(_rows(self._transition(t), x0), generator)
+        # a row of P(t) always holds an entry >= 1/k: t's dtype loses nothing that matters
+        return _categorical(_rows(self._transition(t).to(t.dtype), x0), generator)
 
     def _hard_bridge(self, s, t, x0, x_t, generator):
         from_x0 = _rows(self._transition(s), x0)

@@ -520,19 +520,36 @@ def test_general_transition_keeps_tiny_entries_of_a_long_path():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_general_transition_is_stochastic_at_every_scale(dtype):
-    """Rows sum to 1 and entries are in [0, 1] for t from 1e-12 to 1e30, one time per row; large
-    t give the limit law (float32's matrix_exp gave row sums 1.07 at t = 1e6 and inf at 1e10)."""
+    """Rows sum to 1 and entries are in [0, 1] for t from 1e-12 to 1e30 (in float32 or float64),
+    one time per row; large t give the limit law (float32's matrix_exp gave row sums 1.07 at
+    t = 1e6 and inf at 1e10). The matrices are float64 whatever the times' dtype."""
     times = torch.logspace(-12, 30, 43, dtype=torch.float64).to(dtype)
     for Q, limit in ((Q_CYCLE, np.tile(stationary(Q_CYCLE), (K, 1))),
                      (Q_REDUCIBLE, LIMIT_REDUCIBLE)):
         P = bd.GeneralDiscrete(Q)._transition(times.reshape(-1, 1))
-        assert P.dtype == dtype and P.shape == (43, K, K)
-        tol = 1e-6 if dtype == torch.float32 else 1e-13
+        assert P.dtype == torch.float64 and P.shape == (43, K, K)
         assert bool((P >= 0).all() & (P <= 1).all())
-        torch.testing.assert_close(P.sum(-1), torch.ones(43, K, dtype=dtype), rtol=0, atol=tol)
+        torch.testing.assert_close(P.sum(-1), torch.ones(43, K, dtype=torch.float64), rtol=0,
+                                   atol=1e-14)
         for i, t in enumerate(times.tolist()):
             if t >= 1e3:
-                np.testing.assert_allclose(P[i].double().numpy(), limit, rtol=0, atol=tol)
+                np.testing.assert_allclose(P[i].numpy(), limit, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
+def test_general_bridge_between_distant_states_at_small_t(soft, default_dtype):
+    """A pure-birth chain at rate 2, x0 = 0, x_t = 12, s = t/2 = 5e-4: P(s)[0, j] P(t-s)[j, 12]
+    ∝ Pois(j; 2s) Pois(12 - j; 2(t - s)), so x_s ~ Binomial(12, s/t). The weights are ~1e-42,
+    below float32's range: computed in float32 every draw landed on state k - 1."""
+    k, n = 16, 4000
+    Q = np.diag(np.full(k - 1, 2.0), 1) - np.diag(np.append(np.full(k - 1, 2.0), 0.0))
+    x0, x_t = torch.zeros(n, dtype=torch.int64), torch.full((n,), 12)
+    if soft:
+        x0 = torch.nn.functional.one_hot(x0, k).to(default_dtype)
+    x_s = bd.endpoint_conditioned_sample(bd.GeneralDiscrete(Q), 5e-4, 1e-3, x0, x_t,
+                                         generator=gen())
+    assert_categorical(x_s, np.pad(sps.binom.pmf(np.arange(13), 12, 0.5), (0, k - 13)),
+                       what=f"{'soft' if soft else 'hard'} bridge across 12 jumps")
 
 
 def test_general_transition_is_the_same_on_the_device_path():
