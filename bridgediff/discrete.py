@@ -13,8 +13,9 @@ A chain with generator Q (rows sum to 0) has transition matrices P(u) = exp(uQ):
   P(t)[i, l] removes x_t's evidence that the posterior already holds (Diffusions.jl omits it
   and counts that evidence twice). Weight on an x0 that cannot reach x_t is ignored.
 
-States are integer tensors (int64 in the examples; outputs keep the input's integer dtype);
-soft x0 is a float tensor (..., k) of non-negative weights, normalised internally.
+States are tensors of any integer dtype that can hold them (int64 in the examples; indices are
+computed in int64 and outputs keep the input's dtype); soft x0 is a float tensor (..., k) of
+non-negative weights, normalised internally. The loss takes logits (..., k).
 """
 
 import operator
@@ -22,11 +23,12 @@ import operator
 import torch
 from torch import Tensor
 
-from ._util import as_param, on_host, positive, rand
+from ._util import as_param, on_host, positive, rand, use_host_path
 from .process import Process
 
 __all__ = ["UniformDiscrete", "IndependentDiscrete", "GeneralDiscrete", "AbsorbingDiscrete"]
 
+# Integer dtypes accepted for parameters (pi, Q); states take any integer dtype.
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 # Diffusions.jl's standardloss: cross-entropy divided by (k - 1)/k, times 1.44.
@@ -69,9 +71,20 @@ def _alias_table(p: Tensor):
     return torch.tensor(accept, dtype=torch.float64), torch.tensor(alias, dtype=torch.int64)
 
 
-def _state_dtype(dtype) -> torch.dtype:
-    """States are int64 unless an integer dtype is asked for (a float dtype is irrelevant)."""
-    return dtype if dtype in _INT_DTYPES else torch.int64
+def _integer_info(dtype: torch.dtype):
+    """``torch.iinfo(dtype)`` for an integer dtype (bool excluded), else None."""
+    if dtype == torch.bool or dtype.is_floating_point or dtype.is_complex:
+        return None
+    try:
+        return torch.iinfo(dtype)
+    except (TypeError, RuntimeError, ValueError):  # quantized and other exotic dtypes
+        return None
+
+
+def _looks_like_probabilities(x: Tensor) -> bool:
+    """Whether every entry of ``x`` (..., k) is in [0, 1] and every row sums to 1 (1e-5)."""
+    x = x.detach()
+    return bool(((x >= 0) & (x <= 1)).all() & ((x.sum(-1) - 1).abs() <= 1e-5).all())
 
 
 def _num_states(name: str, k) -> int:
@@ -105,7 +118,7 @@ def _rows(mats: Tensor, index: Tensor) -> Tensor:
     """``mats[b, index]`` for each element: mats (Bt, k, k) holds one matrix per time, and the
     elements of ``index`` (B, ...) or (...) are grouped by time along the leading dimension."""
     bt, k = mats.shape[0], mats.shape[-1]
-    flat = index.reshape(bt, -1)
+    flat = index.reshape(bt, index.numel() // max(bt, 1))    # -1 is ambiguous for bt = 0
     batch = torch.arange(bt, device=index.device).unsqueeze(-1)
     return mats[batch, flat].reshape(index.shape + (k,))
 
@@ -116,8 +129,9 @@ class _Discrete(Process):
     """Integer states [0, n_states), probabilities over the k data states, and the loss.
 
     Subclasses set ``rate`` (for the scaler), ``k`` (data states: the length of soft x0 and
-    of the loss's logits) and ``_n_states`` (all states), and implement ``_hard_bridge`` and
-    ``_soft_bridge``.
+    of the loss's logits) and ``_n_states`` (all states), and implement ``_forward``,
+    ``_hard_bridge`` and ``_soft_bridge`` on int64 states; the base casts results back to the
+    input's integer dtype.
     """
 
     def _param(self, name: str, like: Tensor) -> Tensor:
@@ -129,14 +143,37 @@ class _Discrete(Process):
             cache[key] = getattr(self, name).to(like.device, like.dtype)
         return cache[key]
 
-    def check_state(self, x: Tensor, name: str) -> None:
-        if x.dtype not in _INT_DTYPES:
+    def _check_dtype(self, dtype: torch.dtype, name: str) -> None:
+        """Raise TypeError unless ``dtype`` is an integer dtype that holds every state."""
+        info = _integer_info(dtype)
+        if info is None:
             raise TypeError(f"{name} must be an integer tensor of states for "
-                            f"{type(self).__name__}, got dtype {x.dtype}")
-        n = self._n_states
-        if on_host(x) and x.numel() and (bool(x.min() < 0) or bool(x.max() >= n)):
-            raise ValueError(f"{name} has states outside [0, {n}) for {type(self).__name__}: "
-                             f"min {int(x.min())}, max {int(x.max())}")
+                            f"{type(self).__name__}, got dtype {dtype}")
+        if info.max < self._n_states - 1:
+            raise TypeError(f"{name} has dtype {dtype}, which cannot hold the states "
+                            f"[0, {self._n_states - 1}] of {type(self).__name__}; use a wider "
+                            f"integer dtype such as torch.int64")
+
+    def _check_states(self, x: Tensor, name: str, n: int) -> None:
+        """Raise unless ``x`` is an integer tensor of states (values in [0, n) on the host)."""
+        self._check_dtype(x.dtype, name)
+        if on_host(x) and x.numel():
+            v = x.long()  # uint32 and uint64 have no min/max on the CPU; uint64 > 2^63 wraps < 0
+            lo, hi = int(v.min()), int(v.max())
+            if lo < 0 or hi >= n:
+                raise ValueError(f"{name} has states outside [0, {n}) for "
+                                 f"{type(self).__name__}: min {lo}, max {hi}")
+
+    def check_state(self, x: Tensor, name: str) -> None:
+        self._check_states(x, name, self._n_states)
+
+    def _equilibrium_dtype(self, dtype) -> torch.dtype:
+        """int64 unless an integer dtype is asked for; a float dtype is ignored (a tuple of
+        processes shares one dtype argument)."""
+        if dtype is None or dtype.is_floating_point:
+            return torch.int64
+        self._check_dtype(dtype, "dtype")
+        return dtype
 
     def check_endpoints(self, x0: Tensor, x_t: Tensor) -> None:
         if not x0.is_floating_point():
@@ -153,25 +190,42 @@ class _Discrete(Process):
             raise ValueError("x0 given as probabilities must be finite, non-negative and have a "
                              "positive sum over the last dimension")
 
+    def sample_forward(self, t, x0, generator=None):
+        return self._forward(t, x0.long(), generator).to(x0.dtype)
+
     def endpoint_conditioned_sample(self, s, t, x0, x_t, generator=None):
         if x0.is_floating_point():
-            x_s = self._soft_bridge(s, t, x0, x_t, generator)
+            x_s = self._soft_bridge(s, t, x0, x_t.long(), generator)
         else:
-            x_s = self._hard_bridge(s, t, x0, x_t, generator)
+            x_s = self._hard_bridge(s, t, x0.long(), x_t.long(), generator)
         return x_s.to(x_t.dtype)
 
-    def check_prediction(self, x0_hat: Tensor, x0: Tensor) -> None:
-        """Logits (..., k) are checked by ``loss``."""
-
-    def loss(self, x0_hat: Tensor, x0: Tensor) -> Tensor:
-        """Cross-entropy of logits ``x0_hat`` (..., k) against states ``x0`` (...), divided by
-        (k - 1)/k and times 1.44 (Diffusions.jl's standardloss); shape of ``x0``."""
+    def _check_logits(self, x0_hat: Tensor, x0: Tensor) -> None:
         if not x0_hat.is_floating_point():
             raise TypeError(f"x0_hat must be float logits, got dtype {x0_hat.dtype}")
         expected = tuple(x0.shape) + (self.k,)
         if tuple(x0_hat.shape) != expected:
             raise ValueError(f"x0_hat must be logits of shape {expected} (x0's shape plus "
                              f"{self.k} states), got {tuple(x0_hat.shape)}")
+
+    def check_prediction(self, x0_hat: Tensor, x0: Tensor) -> None:
+        """x0_hat: float logits (..., k) over the data states; x0: states in [0, k) (for
+        AbsorbingDiscrete the mask state k is no target). On the host, refuses an x0_hat that
+        holds probabilities (entries in [0, 1], rows summing to 1): the loss takes logits."""
+        self._check_logits(x0_hat, x0)
+        self._check_states(x0, "x0", self.k)
+        if on_host(x0_hat) and x0_hat.numel() and _looks_like_probabilities(x0_hat):
+            raise ValueError(f"x0_hat holds probabilities (entries in [0, 1] summing to 1 over "
+                             f"the last dimension), but the loss of {type(self).__name__} takes "
+                             f"logits: pass the model's logits, or probs.log()")
+
+    def loss(self, x0_hat: Tensor, x0: Tensor) -> Tensor:
+        """Cross-entropy of logits ``x0_hat`` (..., k) against states ``x0`` (...), divided by
+        (k - 1)/k and times 1.44 (Diffusions.jl's standardloss); shape of ``x0``.
+
+        Only the dtype and shape of ``x0_hat`` are checked here (a wrong last dimension would
+        give a wrong loss silently); ``check_prediction`` checks the values."""
+        self._check_logits(x0_hat, x0)
         log_p = torch.log_softmax(x0_hat, dim=-1)
         nll = -log_p.gather(-1, x0.long().unsqueeze(-1)).squeeze(-1)
         return nll * (_LOSS_GAIN * self.k / (self.k - 1))
@@ -207,10 +261,10 @@ class _Jumps(_MarkovChain):
         ru = as_param(self.rate, u) * u
         return torch.exp(-ru), -torch.expm1(-ru)
 
-    def sample_forward(self, t, x0, generator=None):
+    def _forward(self, t, x0, generator=None):
         _, jump = self._decay(t)
         moved = rand(t, generator, shape=x0.shape) < jump
-        return torch.where(moved, self._fresh(x0.shape, t, generator), x0).to(x0.dtype)
+        return torch.where(moved, self._fresh(x0.shape, t, generator), x0)
 
     def _hard_bridge(self, s, t, x0, x_t, generator):
         stay_s, jump_s = self._decay(s)
@@ -236,7 +290,7 @@ class _Jumps(_MarkovChain):
 
     def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
         like = torch.empty((), device=device)
-        return self._fresh(torch.Size(shape), like, generator).to(_state_dtype(dtype))
+        return self._fresh(torch.Size(shape), like, generator).to(self._equilibrium_dtype(dtype))
 
 
 class UniformDiscrete(_Jumps):
@@ -312,10 +366,24 @@ class GeneralDiscrete(_MarkovChain):
     .. math::
         P(t) = \exp(tQ), \qquad Q_{ij} \ge 0 \ (i \ne j), \quad \textstyle\sum_j Q_{ij} = 0
 
-    Transition matrices are computed exactly with ``torch.linalg.matrix_exp`` once per time
-    in a call (one exponential for a scalar t, B for one time per batch element; never one per
-    element), in the data's float dtype; hard x0 then costs O(k) per element and soft x0
-    O(k²). No eigendecomposition, so any Q works, defective or with complex spectrum.
+    Transition matrices are computed once per time in a call (one for a scalar t, B for one
+    time per batch element; never one per element), in float64 by uniformisation and scaling
+    and squaring: with J = I + Q/q (q the largest exit rate, J a stochastic matrix) and
+    u·q = τ·2^m (τ ≤ 1, m chosen per time),
+
+    .. math::
+        P(u) = \Big(e^{-\tau} \sum_{j \le 18} \tfrac{\tau^j}{j!} J^j\Big)^{2^m},
+
+    every term non-negative, rows renormalised after each squaring: each P(u) is a
+    stochastic matrix whose entries, tiny ones included, hold float64's relative precision,
+    and large u converge to the limit law (the stationary law, or the absorption law when the
+    chain has several closed classes). Times beyond the chain's mixing time (found once, at
+    construction) take the limit itself, so the number of squarings is bounded and the
+    device path needs no host synchronisation. The bridges' weights stay in float64 whatever
+    the data's dtype: a bridge multiplies two small probabilities, P(s)[i, j] P(t−s)[j, l],
+    whose float32 product underflows for endpoints a dozen jumps apart at t = 1e-3. Hard x0
+    then costs O(k) per element and soft x0 O(k²). No eigendecomposition, so any Q works,
+    defective or with complex spectrum.
 
     ``Q`` is stored in float64 with its diagonal reset to minus the off-diagonal row sums
     (rows must sum to 0 within 1e-6 of the largest rate). ``rate`` is the mean exit rate
@@ -340,14 +408,31 @@ class GeneralDiscrete(_MarkovChain):
         if not self.rate > 0:
             raise ValueError("Q must have at least one positive rate")
         self._stationary = _stationary_law(self.Q)
+        self._exit = float(-self.Q.diagonal().min())   # q, the largest exit rate
+        jumps = (torch.eye(self.k, dtype=torch.float64) + self.Q / self._exit).clamp_min(0)
+        self._powers = _matrix_powers(jumps, _BLOCK)
+        self._squarings = _mixing_squarings(self._powers)
 
     def _transition(self, u: Tensor) -> Tensor:
-        """P(u) for each distinct time of ``u`` (0-d or (B, 1, ..., 1)): (Bt, k, k)."""
-        q = self._param("Q", u)
-        return torch.linalg.matrix_exp(u.reshape(-1, 1, 1) * q).clamp_min(0)
+        """P(u) for each time of ``u`` (0-d or (B, 1, ..., 1)): (Bt, k, k) float64."""
+        uq = u.reshape(-1).to(torch.float64) * self._exit
+        m = torch.ceil(torch.log2(uq / _TAU))
+        mixed = m > self._squarings                    # P(u) is the limit to float64 precision
+        m = m.clamp(0, self._squarings)
+        tau = torch.where(mixed, _TAU, torch.ldexp(uq, -m))
+        p = _normalised_rows(_series(tau, self._param("_powers", uq)))
+        if use_host_path(u):
+            steps = int(m.max()) if m.numel() else 0
+        else:
+            steps = self._squarings                    # fixed work: no sync with the device
+        squared = (m > torch.arange(steps, device=m.device).unsqueeze(-1))[..., None, None]
+        for i in range(steps):
+            p = torch.where(squared[i], _normalised_rows(p @ p), p)
+        return p
 
-    def sample_forward(self, t, x0, generator=None):
-        return _categorical(_rows(self._transition(t), x0), generator).to(x0.dtype)
+    def _forward(self, t, x0, generator=None):
+        # a row of P(t) always holds an entry >= 1/k: t's dtype loses nothing that matters
+        return _categorical(_rows(self._transition(t).to(t.dtype), x0), generator)
 
     def _hard_bridge(self, s, t, x0, x_t, generator):
         from_x0 = _rows(self._transition(s), x0)
@@ -359,7 +444,8 @@ class GeneralDiscrete(_MarkovChain):
 
     def _propagate(self, w, u):
         mats = self._transition(u)
-        return (w.reshape(mats.shape[0], -1, self.k) @ mats).reshape(w.shape)
+        bt = mats.shape[0]
+        return (w.reshape(bt, w.numel() // max(bt * self.k, 1), self.k) @ mats).reshape(w.shape)
 
     def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
         if self._stationary is None:
@@ -367,7 +453,60 @@ class GeneralDiscrete(_MarkovChain):
                              "chain has several closed classes); start the backward chain "
                              "from sample_forward(process, T, x0) instead")
         cdf = self._param("_stationary", torch.empty((), device=device)).cumsum(0)
-        return _sample_cdf(cdf, torch.Size(shape), generator).to(_state_dtype(dtype))
+        return _sample_cdf(cdf, torch.Size(shape), generator).to(self._equilibrium_dtype(dtype))
+
+
+# ---------------------------------------------------------------- exp(uQ) by uniformisation
+
+_TAU = 1.0             # scaled time u·q / 2^m at most: sum_{j > 18} 1/j! < 1e-17
+_DEGREE = 18
+_BLOCK = 5             # Paterson-Stockmeyer: J^0..J^5 cached, then 3 products per series
+_MAX_SQUARINGS = 2100  # 2^2100 > u·q for every finite float64 u and q
+
+
+def _matrix_powers(J: Tensor, n: int) -> Tensor:
+    """J^0, ..., J^n stacked: (n + 1, k, k)."""
+    powers = [torch.eye(J.shape[0], dtype=J.dtype), J]
+    while len(powers) <= n:
+        powers.append(powers[-1] @ J)
+    return torch.stack(powers[:n + 1])
+
+
+def _series(tau: Tensor, powers: Tensor) -> Tensor:
+    """sum_{j <= 18} tau^j J^j / j! for each tau (Bt,), given J^0..J^s: (Bt, k, k).
+
+    All terms are non-negative (J and tau are), so every entry keeps its relative precision.
+    Blocks of s powers are combined by Horner's rule in J^s (Paterson-Stockmeyer).
+    """
+    s = powers.shape[0] - 1
+    blocks = _DEGREE // s + 1
+    j = torch.arange(blocks * s, dtype=tau.dtype, device=tau.device)
+    coef = tau.unsqueeze(-1) ** j / torch.exp(torch.lgamma(j + 1))
+    coef = torch.where(j <= _DEGREE, coef, 0).reshape(-1, blocks, s)
+    parts = torch.einsum("bqi,ikl->bqkl", coef, powers[:s])
+    out = parts[:, -1]
+    for q in range(blocks - 2, -1, -1):
+        out = parts[:, q] + out @ powers[s]
+    return out
+
+
+def _normalised_rows(p: Tensor) -> Tensor:
+    return p / p.sum(-1, keepdim=True)
+
+
+def _mixing_squarings(powers: Tensor) -> int:
+    """The number of squarings of P(τ/q) after which P no longer changes (each entry within
+    a few rounding errors, exact zeros included), plus a margin of two: from then on P(u) is
+    the limit law. At most ``_MAX_SQUARINGS`` (then no finite time is ever clamped)."""
+    k = powers.shape[-1]
+    rtol = 4 * (k + 2) * torch.finfo(torch.float64).eps
+    p = _normalised_rows(_series(torch.full((1,), _TAU, dtype=torch.float64), powers))
+    for j in range(1, _MAX_SQUARINGS + 1):
+        q = _normalised_rows(p @ p)
+        if bool(((q - p).abs() <= rtol * q + 1e-300).all()):
+            return min(j + 2, _MAX_SQUARINGS)
+        p = q
+    return _MAX_SQUARINGS
 
 
 def _stationary_law(Q: Tensor):
@@ -405,7 +544,7 @@ class AbsorbingDiscrete(_Discrete):
         """1 − e^{−ru}, the probability of being masked at time u."""
         return -torch.expm1(-as_param(self.rate, u) * u)
 
-    def sample_forward(self, t, x0, generator=None):
+    def _forward(self, t, x0, generator=None):
         masked = rand(t, generator, shape=x0.shape) < self._masking(t)
         return torch.where(masked, self.k, x0)
 
@@ -417,4 +556,5 @@ class AbsorbingDiscrete(_Discrete):
         return self._hard_bridge(s, t, _categorical(probs, generator), x_t, generator)
 
     def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
-        return torch.full(torch.Size(shape), self.k, dtype=_state_dtype(dtype), device=device)
+        return torch.full(torch.Size(shape), self.k, dtype=self._equilibrium_dtype(dtype),
+                          device=device)

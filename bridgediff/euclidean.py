@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor
 
-from ._util import as_param, positive, randn, real, require_float
+from ._util import as_param, on_host, positive, randn, real, require_float
 from .process import Process
 
 __all__ = ["OrnsteinUhlenbeck", "BrownianMotion"]
@@ -24,7 +24,10 @@ class _Euclidean(Process):
     """Shared checks and loss of the real-valued processes (squared error)."""
 
     def check_state(self, x: Tensor, name: str) -> None:
+        """A real floating-point tensor (complex is refused), finite where checked on the host."""
         require_float(x, name, self)
+        if on_host(x) and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} must be finite for {type(self).__name__}, got NaN or inf")
 
     def loss(self, x0_hat: Tensor, x0: Tensor) -> Tensor:
         return (x0_hat - x0) ** 2
@@ -73,8 +76,11 @@ class OrnsteinUhlenbeck(_Euclidean):
                        generator)
 
     def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
-        z = torch.randn(shape, generator=generator, device=device,
-                        dtype=dtype or torch.get_default_dtype())
+        dtype = dtype or torch.get_default_dtype()
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point dtype for {type(self).__name__}, "
+                            f"got {dtype}")
+        z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
         sd = as_param(self.volatility, z) / (2 * as_param(self.reversion, z)) ** 0.5
         return as_param(self.mean, z) + sd * z
 

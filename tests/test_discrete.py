@@ -10,6 +10,7 @@ from scipy.linalg import expm, null_space
 from stats import ALPHA, assert_categorical, assert_ks
 
 import bridgediff as bd
+from bridgediff._util import device_path as forced_device_path
 
 K = 5
 PI_WEIGHTS = [2.0, 0.4, 1.0, 0.6, 0.0]          # unnormalised; state 4 has no inflow
@@ -462,3 +463,284 @@ def test_alias_table_represents_pi_exactly():
         assert bool(((accept >= 0) & (accept <= 1)).all())
         mass = accept.clone().index_add_(0, alias, 1 - accept)
         np.testing.assert_allclose((mass / len(pi)).numpy(), pi.numpy(), rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------- GeneralDiscrete: P(t), any t
+
+# Two closed classes {0, 1} and {3, 4}; state 2 leaks to 1 at rate 1 and to 3 at rate 2.
+Q_REDUCIBLE = np.array([[-1.0, 1.0, 0.0, 0.0, 0.0],
+                        [3.0, -3.0, 0.0, 0.0, 0.0],
+                        [0.0, 1.0, -3.0, 2.0, 0.0],
+                        [0.0, 0.0, 0.0, -2.0, 2.0],
+                        [0.0, 0.0, 0.0, 0.5, -0.5]])
+# lim P(t), by hand: pi_A = (3/4, 1/4) (balance 1 * pi_0 = 3 * pi_1), pi_B = (1/5, 4/5)
+# (2 * pi_3 = 0.5 * pi_4); from state 2 the chain is absorbed in A w.p. 1/3, in B w.p. 2/3.
+LIMIT_REDUCIBLE = np.array([[3 / 4, 1 / 4, 0, 0, 0],
+                            [3 / 4, 1 / 4, 0, 0, 0],
+                            [1 / 4, 1 / 12, 0, 2 / 15, 8 / 15],
+                            [0, 0, 0, 1 / 5, 4 / 5],
+                            [0, 0, 0, 1 / 5, 4 / 5]])
+LARGE_TIMES = [1e6, 1e10]
+
+
+def stationary(Q):
+    pi = null_space(Q.T)[:, 0]
+    return pi / pi.sum()
+
+
+def mp_expm(Q, t):
+    """exp(tQ) in 50-digit arithmetic: an oracle for every entry, tiny ones included."""
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workdps(50):
+        return np.array(mpmath.expm(mpmath.matrix((t * Q).tolist())).tolist(), dtype=float)
+
+
+@pytest.mark.parametrize("t", [1e-3, 0.5, 30.0])
+@pytest.mark.parametrize("name, Q", [("cycle", Q_CYCLE), ("reducible", Q_REDUCIBLE)])
+def test_general_transition_holds_every_entry_to_float64_precision(name, Q, t):
+    """Entrywise relative error below 1e-12 against 50-digit arithmetic (scipy's expm, like a
+    float64 matrix_exp, loses the small entries: 1e-10 relative on the cycle at t = 1e-3)."""
+    P = bd.GeneralDiscrete(Q)._transition(torch.tensor(t, dtype=torch.float64))[0].numpy()
+    exact = mp_expm(Q, t)
+    np.testing.assert_allclose(P, exact, rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(P, expm(t * Q), rtol=0, atol=1e-13)
+
+
+def test_general_transition_keeps_tiny_entries_of_a_long_path():
+    """A pure-birth chain 0 -> 1 -> ... -> 9 at rate 2: P(t)[0, j] = Poisson(j; 2t) for j < 9,
+    down to 1e-27 at t = 1e-3, each to 1e-13 relative."""
+    k, lam = 10, 2.0
+    Q = np.diag(np.full(k - 1, lam), 1) - np.diag(np.append(np.full(k - 1, lam), 0.0))
+    process = bd.GeneralDiscrete(Q)
+    for t in (1e-3, 0.5, 3.0):
+        row = process._transition(torch.tensor(t, dtype=torch.float64))[0, 0].numpy()
+        poisson = sps.poisson.pmf(np.arange(k - 1), lam * t)
+        np.testing.assert_allclose(row[:-1], poisson, rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_general_transition_is_stochastic_at_every_scale(dtype):
+    """Rows sum to 1 and entries are in [0, 1] for t from 1e-12 to 1e30 (in float32 or float64),
+    one time per row; large t give the limit law (float32's matrix_exp gave row sums 1.07 at
+    t = 1e6 and inf at 1e10). The matrices are float64 whatever the times' dtype."""
+    times = torch.logspace(-12, 30, 43, dtype=torch.float64).to(dtype)
+    for Q, limit in ((Q_CYCLE, np.tile(stationary(Q_CYCLE), (K, 1))),
+                     (Q_REDUCIBLE, LIMIT_REDUCIBLE)):
+        P = bd.GeneralDiscrete(Q)._transition(times.reshape(-1, 1))
+        assert P.dtype == torch.float64 and P.shape == (43, K, K)
+        assert bool((P >= 0).all() & (P <= 1).all())
+        torch.testing.assert_close(P.sum(-1), torch.ones(43, K, dtype=torch.float64), rtol=0,
+                                   atol=1e-14)
+        for i, t in enumerate(times.tolist()):
+            if t >= 1e3:
+                np.testing.assert_allclose(P[i].numpy(), limit, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
+def test_general_bridge_between_distant_states_at_small_t(soft, default_dtype):
+    """A pure-birth chain at rate 2, x0 = 0, x_t = 12, s = t/2 = 5e-4: P(s)[0, j] P(t-s)[j, 12]
+    ∝ Pois(j; 2s) Pois(12 - j; 2(t - s)), so x_s ~ Binomial(12, s/t). The weights are ~1e-42,
+    below float32's range: computed in float32 every draw landed on state k - 1."""
+    k, n = 16, 4000
+    Q = np.diag(np.full(k - 1, 2.0), 1) - np.diag(np.append(np.full(k - 1, 2.0), 0.0))
+    x0, x_t = torch.zeros(n, dtype=torch.int64), torch.full((n,), 12)
+    if soft:
+        x0 = torch.nn.functional.one_hot(x0, k).to(default_dtype)
+    x_s = bd.endpoint_conditioned_sample(bd.GeneralDiscrete(Q), 5e-4, 1e-3, x0, x_t,
+                                         generator=gen())
+    assert_categorical(x_s, np.pad(sps.binom.pmf(np.arange(13), 12, 0.5), (0, k - 13)),
+                       what=f"{'soft' if soft else 'hard'} bridge across 12 jumps")
+
+
+def test_general_transition_is_the_same_on_the_device_path():
+    """The device path runs a fixed number of squarings (no sync) and masks the extra ones."""
+    process = bd.GeneralDiscrete(Q_CYCLE)
+    times = torch.logspace(-6, 12, 19, dtype=torch.float64).reshape(-1, 1)
+    on_host = process._transition(times)
+    with forced_device_path():
+        assert torch.equal(process._transition(times), on_host)
+
+
+@pytest.mark.parametrize("name, Q, limit", [
+    ("cycle", Q_CYCLE, np.tile(stationary(Q_CYCLE), (K, 1))),
+    ("reducible", Q_REDUCIBLE, LIMIT_REDUCIBLE),
+])
+def test_general_large_times_draw_the_limit_law(name, Q, limit, default_dtype):
+    """Forward at t = 1e6 and 1e10 (and a hard bridge with s = 1e6, t = 1e10) from every state:
+    the stationary law, or the absorption law of a chain with two closed classes. Before,
+    float32 drew state k - 1 for every element at t = 1e10."""
+    process, draws = bd.GeneralDiscrete(Q), 1000
+    x0 = cell_states(np.arange(K), draws).expand(len(LARGE_TIMES), -1)
+    x_t = bd.sample_forward(process, torch.tensor(LARGE_TIMES), x0, generator=gen())
+    assert_cells(x_t.reshape(-1, draws), [row for _ in LARGE_TIMES for row in limit],
+                 f"{name} forward at large t")
+    x_t = bd.sample_forward(process, 1e10, x0[0], generator=gen(1))
+    x_s = bd.endpoint_conditioned_sample(process, 1e6, 1e10, x0[0], x_t, generator=gen(2))
+    # p(x_s = j | x0 = i, x_t = l) ∝ L[i, j] L[j, l], one cell per observed pair (i, l)
+    cells = {}
+    for i, l, j in zip(x0[0].tolist(), x_t.tolist(), x_s.tolist()):
+        cells.setdefault((i, l), []).append(j)
+    assert_cells([cells[key] for key in sorted(cells)],
+                 [limit[i] * limit[:, l] for i, l in sorted(cells)], f"{name} bridge at large t")
+
+
+def test_general_computes_one_series_per_time_not_per_element(monkeypatch):
+    """Transition matrices cost one matrix series per time (B with one time per batch row),
+    never one per element: the batch of every series is counted."""
+    from bridgediff import discrete
+    process, batches, series = bd.GeneralDiscrete(Q_CYCLE), [], discrete._series
+    monkeypatch.setattr(discrete, "_series",
+                        lambda tau, powers: batches.append(len(tau)) or series(tau, powers))
+    x0 = torch.randint(0, K, (4, 1000), generator=gen())
+    t = torch.tensor([0.1, 1.0, 10.0, 1e6])
+    x_t = bd.sample_forward(process, t, x0, generator=gen(1))
+    bd.sample_forward(process, 1.0, x0, generator=gen(1))
+    bd.endpoint_conditioned_sample(process, t / 2, t, x0, x_t, generator=gen(2))
+    bd.endpoint_conditioned_sample(process, t / 2, t, torch.rand(4, 1000, K, generator=gen(3)),
+                                   x_t, generator=gen(4))
+    assert batches == [4, 1] + [4] * 2 + [4] * 3
+
+
+# ---------------------------------------------------------------- integer dtypes
+
+NARROW = [torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32, torch.uint32]
+
+
+@pytest.mark.parametrize("dtype", NARROW, ids=str)
+@pytest.mark.parametrize("name", ["uniform", "independent", "general", "absorbing"])
+def test_any_integer_dtype_gives_the_int64_draws(name, dtype):
+    """Indices are computed in int64: the same seed gives the same states as int64 input, in
+    the input's dtype (uint8 was used as a boolean mask into pi: a wrong law, or an IndexError)."""
+    process, Q = CASES[name]
+    x0 = torch.randint(0, K, (6, 40), generator=gen())
+    x_t = bd.sample_forward(process, 1.0, x0, generator=gen(1))
+    probs = torch.rand(6, 40, K, generator=gen(2))
+    reference = [bd.sample_forward(process, 0.7, x0, generator=gen(3)),
+                 bd.endpoint_conditioned_sample(process, 0.4, 1.0, x0, x_t, generator=gen(4)),
+                 bd.endpoint_conditioned_sample(process, 0.4, 1.0, probs, x_t, generator=gen(5)),
+                 bd.sample_equilibrium(process, (6, 40), generator=gen(6))]
+    a, b = x0.to(dtype), x_t.to(dtype)
+    narrow = [bd.sample_forward(process, 0.7, a, generator=gen(3)),
+              bd.endpoint_conditioned_sample(process, 0.4, 1.0, a, b, generator=gen(4)),
+              bd.endpoint_conditioned_sample(process, 0.4, 1.0, probs, b, generator=gen(5)),
+              bd.sample_equilibrium(process, (6, 40), generator=gen(6), dtype=dtype)]
+    for got, want in zip(narrow, reference):
+        assert got.dtype == dtype and torch.equal(got.long(), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16], ids=str)
+@pytest.mark.parametrize("name", CASES)
+def test_narrow_dtype_laws(name, dtype):
+    """Forward and hard-bridge laws of uint8 and int16 states against expm's."""
+    process, Q = CASES[name]
+    n, draws, s, t = Q.shape[0], 1500, 0.3, 1.0
+    x0 = cell_states(np.arange(n), draws).to(dtype)
+    x_t = bd.sample_forward(process, t, x0, generator=gen(1))
+    assert x_t.dtype == dtype
+    assert_cells(x_t.long().reshape(n, draws), transition(Q, t), f"{name} {dtype} forward")
+    pairs = possible_pairs(Q)
+    a = cell_states([i for i, _ in pairs], 500).to(dtype)
+    b = cell_states([l for _, l in pairs], 500).to(dtype)
+    x_s = bd.endpoint_conditioned_sample(process, s, t, a, b, generator=gen(2))
+    assert x_s.dtype == dtype
+    assert_cells(x_s.long().reshape(-1, 500), hard_bridge_laws(Q, s, t, pairs),
+                 f"{name} {dtype} bridge")
+
+
+@pytest.mark.parametrize("make, dtype", [
+    (lambda: bd.AbsorbingDiscrete(1.0, 200), torch.int8),      # mask state 200 > 127
+    (lambda: bd.AbsorbingDiscrete(1.0, 255), torch.uint8),     # mask state 255 fits, 256 not
+    (lambda: bd.UniformDiscrete(1.0, 300), torch.uint8),
+    (lambda: bd.IndependentDiscrete(1.0, torch.ones(129)), torch.int8),
+    (lambda: bd.GeneralDiscrete(uniform_generator(1.0, 257)), torch.uint8),
+], ids=["absorbing-int8", "absorbing-uint8", "uniform-uint8", "independent-int8", "general-uint8"])
+def test_dtype_that_cannot_hold_the_states_is_refused(make, dtype):
+    process = make()
+    x = torch.zeros(3, dtype=dtype)
+    if process._n_states - 1 <= torch.iinfo(dtype).max:  # absorbing-uint8: 255 fits: accepted
+        assert bd.sample_forward(process, 1.0, x).dtype == dtype
+        return
+    with pytest.raises(TypeError, match="cannot hold the states"):
+        bd.sample_forward(process, 1.0, x)
+    with pytest.raises(TypeError, match="cannot hold the states"):
+        bd.endpoint_conditioned_sample(process, 0.5, 1.0, torch.zeros(3, dtype=torch.int64), x)
+    with pytest.raises(TypeError, match="cannot hold the states"):
+        bd.endpoint_conditioned_sample(process, 0.5, 1.0, x, torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="dtype .*cannot hold the states"):
+        bd.sample_equilibrium(process, (3,), dtype=dtype)
+
+
+def test_non_integer_dtypes_are_refused():
+    process = CASES["uniform"][0]
+    for dtype in (torch.bool, torch.complex64):
+        with pytest.raises(TypeError, match="integer"):
+            bd.sample_forward(process, 1.0, torch.zeros(3, dtype=dtype))
+        with pytest.raises(TypeError, match="dtype"):
+            bd.sample_equilibrium(process, (3,), dtype=dtype)
+    x = torch.zeros(3, dtype=torch.int64)
+    with pytest.raises(TypeError, match="integer"):  # complex "probabilities"
+        bd.endpoint_conditioned_sample(process, 0.5, 1.0, torch.ones(3, K, dtype=torch.cfloat), x)
+    # a float dtype is ignored: a tuple of processes shares one dtype argument
+    assert bd.sample_equilibrium(process, (3,), dtype=torch.float32).dtype == torch.int64
+
+
+# ---------------------------------------------------------------- empty batches
+
+@pytest.mark.parametrize("shape", [(0,), (0, 5)], ids=str)
+@pytest.mark.parametrize("name", ["uniform", "independent", "general", "absorbing"])
+def test_empty_batches(name, shape):
+    """Shape (0,) and (0, 5), with scalar t and with per-row t of length 0 (GeneralDiscrete
+    crashed on the latter: a reshape of 0 elements to (0, -1))."""
+    process, _ = CASES[name]
+    x = torch.zeros(shape, dtype=torch.int16)
+    probs = torch.rand(shape + (K,))
+    for s, t in ((0.5, 1.0), (torch.full((0,), 0.5), torch.ones(0))):
+        outs = [bd.sample_forward(process, t, x),
+                bd.endpoint_conditioned_sample(process, s, t, x, x),
+                bd.endpoint_conditioned_sample(process, s, t, probs, x)]
+        assert all(o.shape == shape and o.dtype == torch.int16 for o in outs)
+    assert bd.sample_equilibrium(process, shape).shape == shape
+    assert bd.sample_equilibrium(process, x).dtype == torch.int16
+
+
+# ---------------------------------------------------------------- check_prediction
+
+@pytest.mark.parametrize("name", ["uniform", "independent", "general", "absorbing"])
+def test_check_prediction(name):
+    """Logits (..., k) pass; probabilities are refused on the host (the loss would take them as
+    logits silently); wrong dtype or shape is named."""
+    process, _ = CASES[name]
+    x0 = torch.randint(0, K, (4, 3), generator=gen())
+    logits = torch.randn(4, 3, K, generator=gen(1))
+    probs = logits.softmax(-1)
+    process.check_prediction(logits, x0)
+    process.check_prediction(probs.log(), x0)
+    process.check_prediction(probs * 0.9, x0)     # in [0, 1] but rows sum to 0.9: logits
+    with pytest.raises(ValueError, match=r"logits.*probs\.log\(\)"):
+        process.check_prediction(probs, x0)
+    with pytest.raises(ValueError, match="logits"):
+        process.check_prediction(probs * (1 + 5e-6), x0)   # within 1e-5 of summing to 1
+    with pytest.raises(ValueError, match="logits of shape"):
+        process.check_prediction(torch.randn(4, 3, K + 1), x0)
+    with pytest.raises(TypeError, match="float logits"):
+        process.check_prediction(torch.zeros(4, 3, K, dtype=torch.int64), x0)
+    with pytest.raises(TypeError, match="float logits"):
+        process.check_prediction(torch.zeros(4, 3, K, dtype=torch.complex64), x0)
+    with pytest.raises(TypeError, match="x0 must be an integer"):
+        process.check_prediction(logits, x0.float())
+    with pytest.raises(ValueError, match="outside"):
+        process.check_prediction(logits, torch.full((4, 3), K))
+    # the loss of what passes is the cross-entropy of the softmax of the logits
+    loss = process.loss(probs.log(), x0)
+    nll = -probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1).log()
+    torch.testing.assert_close(loss, nll * 1.44 * K / (K - 1))
+
+
+def test_absorbing_mask_state_is_no_target():
+    """x0 == k (the mask) is a valid state but not a loss target: a named ValueError, where
+    the loss raised a raw index error."""
+    process = bd.AbsorbingDiscrete(0.8, K)
+    x0 = torch.tensor([[0, K, 2]])
+    bd.sample_forward(process, 1.0, x0)                      # a state
+    with pytest.raises(ValueError, match=r"x0 has states outside \[0, 5\)"):
+        process.check_prediction(torch.zeros(1, 3, K), x0)

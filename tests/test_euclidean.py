@@ -220,3 +220,44 @@ def test_tensor_parameters_and_dtype_follow_data():
 def test_integer_data_is_rejected():
     with pytest.raises(TypeError, match="x0"):
         bd.sample_forward(bd.OrnsteinUhlenbeck(), 1.0, torch.zeros(3, dtype=torch.int64))
+
+
+PROCESSES = [bd.OrnsteinUhlenbeck(), bd.BrownianMotion()]
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=["OU", "BM"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=str)
+def test_non_finite_data_is_refused_naming_the_argument(process, bad):
+    """NaN or inf data used to pass through to NaN draws."""
+    x = torch.zeros(3)
+    y = x.clone()
+    y[1] = bad
+    with pytest.raises(ValueError, match="x0 must be finite"):
+        bd.sample_forward(process, 1.0, y)
+    with pytest.raises(ValueError, match="x0 must be finite"):
+        bd.endpoint_conditioned_sample(process, 0.5, 1.0, y, x)
+    with pytest.raises(ValueError, match="x_t must be finite"):
+        bd.endpoint_conditioned_sample(process, 0.5, 1.0, x, y)
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=["OU", "BM"])
+def test_complex_data_is_refused(process):
+    z = torch.zeros(3, dtype=torch.complex64)
+    x = torch.zeros(3)
+    with pytest.raises(TypeError, match="x0 must be a floating-point"):
+        bd.sample_forward(process, 1.0, z)
+    with pytest.raises(TypeError, match="x0 must be a floating-point"):
+        bd.endpoint_conditioned_sample(process, 0.5, 1.0, z, x)
+    with pytest.raises(TypeError, match="x_t must be a floating-point"):
+        bd.endpoint_conditioned_sample(process, 0.5, 1.0, x, z)
+    with pytest.raises(TypeError, match="floating-point"):
+        process.check_prediction(z, x)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64], ids=str)
+def test_ou_equilibrium_refuses_a_non_float_dtype(dtype):
+    """Was a raw NotImplementedError from torch.randn for int64."""
+    with pytest.raises(TypeError, match="dtype must be a floating-point dtype"):
+        bd.sample_equilibrium(bd.OrnsteinUhlenbeck(), (3,), dtype=dtype)
+    for good in DTYPES:
+        assert bd.sample_equilibrium(bd.OrnsteinUhlenbeck(), (3,), dtype=good).dtype == good

@@ -337,7 +337,7 @@ def test_time_schedule_log_spaced():
     ts = bd.time_schedule(torch.exp, 1e-3, 10.0, 5, finv=math.log)
     assert ts.dtype == torch.get_default_dtype() and ts.shape == (5,)
     np.testing.assert_allclose(ts.double().numpy(), np.logspace(-3, 1, 5), rtol=1e-6)
-    np.testing.assert_allclose(bd.time_schedule(lambda u: u ** 2, 1.0, 3.0, 3).numpy(),
+    np.testing.assert_allclose(bd.time_schedule(lambda u: u ** 2, 1.0, 9.0, 3, finv=math.sqrt).numpy(),
                                [1.0, 4.0, 9.0], rtol=1e-6)
 
 
