@@ -48,6 +48,7 @@ __all__ = ["check_process", "assert_process_ok", "Report", "CheckResult", "Proce
 DEFAULT_TIMES = ((0.05, 0.1), (0.3, 1.0), (1.0, 3.0))
 _EXACT_N = 512          # rows for the exact (non-statistical) checks
 _MIN_EXPECTED = 5.0     # chi-square cells expecting fewer draws are pooled
+_SOFT_ENTRIES = 2 ** 25  # at most this many probabilities p̂ in a soft-x0 check (fewer rows)
 
 
 # ---------------------------------------------------------------- results
@@ -431,9 +432,11 @@ def _check_soft_x0(setup: _Setup, s: float, t: float, index: int, leaf, statisti
     the hard-x0 bridge from x0 ~ p̂, both with the same x_t; features of x_s against x_t.
 
     Exact when every state of p̂'s support can reach x_t (every state, for an irreducible
-    chain at t > 0; the absorbing chain too)."""
+    chain at t > 0; the absorbing chain too). For large k, fewer than n rows are used, so
+    that p̂ stays below 2²⁵ entries."""
     g = setup.generator(f"soft {s} {t} {path}")
     x0 = _leaves(setup.process, setup.x0(g))[index][1]
+    x0 = x0[:max(100, _SOFT_ENTRIES // (x0[0].numel() * leaf.k))]  # p̂ holds rows × k floats
     x_t = sample_forward(leaf, t, x0, generator=g)
     weights = -torch.rand(x0.shape + (leaf.k,), generator=g, dtype=torch.float64).log()
     probs = (weights / weights.sum(-1, keepdim=True)).to(torch.get_default_dtype())
