@@ -17,6 +17,7 @@ from .sampling import (Tracker, endpoint_conditioned_sample, sample_backward,
                        sample_equilibrium, sample_forward)
 from .schedules import time_schedule
 from .selfcond import SelfConditioned, self_conditioning_input
+from . import testing  # noqa: E402  (after the processes it checks)
 
 __version__ = "0.1.0"
 
@@ -32,4 +33,6 @@ __all__ = [
     "RotationDiffusion",
     # rotation helpers
     "igso3_angle_pdf", "igso3_angle_cdf",
+    # conformance kit for custom processes
+    "testing",
 ]
