@@ -21,7 +21,7 @@ def is_node(x) -> bool:
     return isinstance(x, (tuple, list, dict))
 
 
-def _children(node):
+def children(node):
     """(key, child) pairs of a node, in its order."""
     return list(node.items()) if isinstance(node, dict) else list(enumerate(node))
 
@@ -68,7 +68,7 @@ def map_tree(fn, process, args, names, *, shared=(), out=0):
         for i, (a, name) in enumerate(zip(args, names)):
             if i not in shared or is_node(a):
                 _check_match(process, a, name)
-        keys = [k for k, _ in _children(process)]
+        keys = [k for k, _ in children(process)]
         results = []
         for key in keys:
             leaf_args = tuple(a[key] if (i not in shared or is_node(a)) else a
@@ -76,7 +76,7 @@ def map_tree(fn, process, args, names, *, shared=(), out=0):
             leaf_names = tuple(f"{n}[{key!r}]" for n in names)
             results.append(map_tree(fn, process[key], leaf_args, leaf_names, shared=shared,
                                     out=out))
-        like = args[out] if is_node(args[out]) else process
+        like = args[out] if len(args) > out and is_node(args[out]) else process
         return _rebuild(like, keys, results)
     if not isinstance(process, Process):
         raise TypeError(f"process must be a bd.Process or a tuple, list or dict of them, "
@@ -97,7 +97,7 @@ def map_data(fn, tree, *others, names=(), what="x"):
     names = tuple(names) + tuple(f"argument {i + 2}" for i in range(len(names), len(others)))
     for other, name in zip(others, names):
         _check_match(tree, other, name, what)
-    keys = [k for k, _ in _children(tree)]
+    keys = [k for k, _ in children(tree)]
     return _rebuild(tree, keys, [
         map_data(fn, tree[k], *(o[k] for o in others), names=[f"{n}[{k!r}]" for n in names],
                  what=f"{what}[{k!r}]") for k in keys])
@@ -106,7 +106,7 @@ def map_data(fn, tree, *others, names=(), what="x"):
 def leaves(tree) -> list:
     """The leaves of a structure, in order."""
     if is_node(tree):
-        return [leaf for _, c in _children(tree) for leaf in leaves(c)]
+        return [leaf for _, c in children(tree) for leaf in leaves(c)]
     return [tree]
 
 

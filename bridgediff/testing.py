@@ -35,6 +35,7 @@ import roma
 import torch
 from torch import Tensor
 
+from ._tree import children, is_node, leaves, map_data, map_tree, unmasked
 from .circle import WrappedBrownian, WrappedInterpolatedBrownian, _wrap
 from .masked import Masked, masked
 from .process import Process
@@ -201,30 +202,28 @@ def _leaf_statistic(process: Process):
 
 
 def _statistic_tree(process, statistic):
-    """Per-leaf statistics for ``process``: the user's callable (for the whole state), a tuple
-    of them matching a tuple of processes (None: the default), or the defaults."""
+    """Per-leaf statistics for ``process``: the user's callable (for the whole state), a
+    structure of them matching a structure of processes (None: the default), or the defaults."""
     if callable(statistic):
         return statistic
-    if isinstance(process, tuple):
-        parts = statistic if isinstance(statistic, tuple) else (None,) * len(process)
-        if len(parts) != len(process):
-            raise ValueError(f"statistic has {len(parts)} components but the tuple of processes "
-                             f"has {len(process)}")
-        return tuple(_statistic_tree(p, s) for p, s in zip(process, parts))
+    if is_node(process):
+        if statistic is None:
+            return map_tree(lambda p: _leaf_statistic(p), process, (), ())
+        return map_tree(_statistic_tree, process, (statistic,), ("statistic",))
     if statistic is not None:
-        raise TypeError(f"statistic must be a callable (x, ref) -> features, or a tuple of them "
-                        f"for a tuple of processes, got {type(statistic).__name__}")
+        raise TypeError(f"statistic must be a callable (x, ref) -> features, or a structure of "
+                        f"them for a structure of processes, got {type(statistic).__name__}")
     return _leaf_statistic(process)
 
 
 def _features(statistic, x, ref, prefix="") -> dict:
     """The statistic's features of (x, ref) as numpy arrays (n,), named."""
-    if isinstance(statistic, tuple):
+    if is_node(statistic):
         out = {}
-        for i, (s, a, b) in enumerate(zip(statistic, x, ref)):
-            out.update(_features(s, a, b, f"{prefix}[{i}]"))
+        for key, s in children(statistic):
+            out.update(_features(s, x[key], ref[key], f"{prefix}[{key}]"))
         return out
-    feats = statistic(_plain(x), _plain(ref))
+    feats = statistic(unmasked(x), unmasked(ref))
     if isinstance(feats, Tensor):
         feats = {str(j): f for j, f in enumerate(feats.reshape(feats.shape[0], -1).unbind(1))}
     elif not isinstance(feats, dict):
@@ -270,10 +269,8 @@ def _compare(a: dict, b: dict):
 # ---------------------------------------------------------------- trees of states
 
 def _map(fn, process, *trees):
-    """``fn(leaf_process, *leaf_values)`` over a (nested) tuple of processes."""
-    if isinstance(process, tuple):
-        return tuple(_map(fn, p, *(t[i] for t in trees)) for i, p in enumerate(process))
-    return fn(process, *trees)
+    """``fn(leaf_process, *leaf_values)`` over a structure of processes."""
+    return map_tree(fn, process, trees, tuple(f"argument {i + 1}" for i in range(len(trees))))
 
 
 def _leaves(process, tree) -> list:
@@ -282,16 +279,8 @@ def _leaves(process, tree) -> list:
     return out
 
 
-def _plain(x):
-    if isinstance(x, tuple):
-        return tuple(_plain(c) for c in x)
-    return x.x if isinstance(x, Masked) else x
-
-
 def _to(tree, device):
-    if isinstance(tree, tuple):
-        return tuple(_to(c, device) for c in tree)
-    return tree.to(device)
+    return map_data(lambda x: x.to(device), tree)
 
 
 def _rows_of(process, tree, rows):
@@ -299,15 +288,13 @@ def _rows_of(process, tree, rows):
 
 
 def _clone(tree):
-    if isinstance(tree, tuple):
-        return tuple(_clone(c) for c in tree)
-    return tree.clone()
+    return map_data(Tensor.clone, tree)
 
 
 def _equal(a, b) -> bool:
-    if isinstance(a, tuple):
-        return all(_equal(x, y) for x, y in zip(a, b))
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    pairs = list(zip(leaves(a), leaves(b)))
+    return len(pairs) == len(leaves(a)) == len(leaves(b)) and all(
+        x.shape == y.shape and x.dtype == y.dtype and torch.equal(x, y) for x, y in pairs)
 
 
 # ---------------------------------------------------------------- the checks
@@ -487,8 +474,8 @@ def _check_masks(setup: _Setup) -> CheckResult:
     masks = _random_masks(P, x0, g)
     x0_copy = _clone(x0)
     x_t = sample_forward(P, t, _masked(P, x0, masks), generator=g)
-    x_t_copy = _clone(_plain(x_t))
-    x_s = endpoint_conditioned_sample(P, s, t, x0, _masked(P, _plain(x_t), masks), generator=g)
+    x_t_copy = _clone(unmasked(x_t))
+    x_s = endpoint_conditioned_sample(P, s, t, x0, _masked(P, unmasked(x_t), masks), generator=g)
     problems = []
     for what, out, given in (("forward", x_t, x0_copy), ("bridge", x_s, x_t_copy)):
         for i, ((p, o), (_, x), (_, m)) in enumerate(zip(_leaves(P, out), _leaves(P, given),
@@ -529,9 +516,10 @@ def _check_dtype(setup: _Setup, dtype) -> CheckResult:
     problems = []
 
     def inspect(what, out, like):
-        if isinstance(like, tuple) and not (isinstance(out, tuple) and len(out) == len(like)):
-            problems.append(f"{what}: a {type(out).__name__} where a tuple of {len(like)} "
-                            f"was expected")
+        try:
+            _leaves(P, out)
+        except (TypeError, ValueError) as e:
+            problems.append(f"{what}: not structured like its input ({e})")
             return
         for i, ((p, o), (_, x)) in enumerate(zip(_leaves(P, out), _leaves(P, like))):
             if not isinstance(o, Tensor):
@@ -591,7 +579,7 @@ def _check_generator(setup: _Setup) -> CheckResult:
 def _validate(process, sample_x0, n, times, alpha):
     for p, _ in _leaves(process, process):
         if not isinstance(p, Process):
-            raise TypeError(f"process must be a bd.Process or a tuple of them, got "
+            raise TypeError(f"process must be a bd.Process or a structure of them, got "
                             f"{type(p).__name__}")
     if not callable(sample_x0):
         raise TypeError(f"sample_x0 must be a callable (n, generator) -> x0, got "
@@ -607,7 +595,7 @@ def _validate(process, sample_x0, n, times, alpha):
     x0 = sample_x0(3, torch.Generator().manual_seed(0))
     try:
         leaves = _leaves(process, x0)
-    except (TypeError, IndexError):
+    except (TypeError, ValueError):
         raise ValueError(f"sample_x0 must return the structure of the process (a tuple for a "
                          f"tuple of processes), got {type(x0).__name__}") from None
     for p, x in leaves:
@@ -670,7 +658,7 @@ def check_process(process, sample_x0, *, times=DEFAULT_TIMES, n=100_000, alpha=1
                ("equilibrium", partial(_check_equilibrium, setup))]
     for index, (leaf, x) in enumerate(leaves):
         if _is_discrete(leaf, x):
-            path = f" [component {index}]" if isinstance(process, tuple) else ""
+            path = f" [component {index}]" if is_node(process) else ""
             leaf_statistic = _leaf_of(process, setup.statistic, index)
             checks += [(f"soft x0 {pair}{path}", partial(_check_soft_x0, setup, *pair, index,
                                                           leaf, leaf_statistic, path))
@@ -695,9 +683,9 @@ def check_process(process, sample_x0, *, times=DEFAULT_TIMES, n=100_000, alpha=1
 def _leaf_of(process, statistic, index: int):
     """The statistic of leaf ``index``: its part of a tuple of statistics, the user's callable
     for a single process, or the default where one callable covers a whole tuple."""
-    if not isinstance(process, tuple):
+    if not is_node(process):
         return statistic
-    if isinstance(statistic, tuple):
+    if is_node(statistic):
         return _leaves(process, statistic)[index][1]
     return _leaf_statistic(_leaves(process, process)[index][0])
 

@@ -85,6 +85,14 @@ def test_tuple_of_processes_passes_with_soft_x0_on_its_discrete_component():
     assert all(name.endswith("[component 1]") for name in soft)
 
 
+def test_dict_of_processes_with_list_components_passes():
+    process = {"pos": bd.OrnsteinUhlenbeck(), "labels": [bd.UniformDiscrete(1.0, 3)]}
+    report = bd.testing.assert_process_ok(
+        process, lambda n, g: {"pos": two_atoms(n, g, dim=2), "labels": [states(3)(n, g)]},
+        n=20_000)
+    assert any(r.name.startswith("soft x0") for r in report.results)
+
+
 def test_a_wrong_component_fails_its_tuple():
     process = (bd.OrnsteinUhlenbeck(), WrongWindingCircle(1.0, window=0))
     report = bd.testing.check_process(process, lambda n, g: (two_atoms(n, g), angles(n, g)))
