@@ -258,8 +258,10 @@ def sample_equilibrium(process, shape_or_like, *, generator=None, device=None, d
 class Tracker:
     """Records each backward step: ``time`` (0-d tensors), ``x`` (states) and ``x0`` (guesses).
 
-    ``sample_backward`` calls it as ``tracker(t, x, x0_hat)`` once per step, from the
-    largest time down; any callable of that signature can serve instead.
+    ``sample_backward`` calls it as ``tracker(t, x, x0_hat)`` after each guess, from the
+    largest time down (with correctors, their guesses too, at the time they renoise to; with
+    one grid per component, t is the structure of the components' times); any callable of
+    that signature can serve instead.
     """
 
     def __init__(self):

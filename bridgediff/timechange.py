@@ -59,7 +59,10 @@ class TimeChanged(Process):
                              f"0), got {zero!r}")
         self.process = process
         self.tau = tau
-        self.event_ndim = process.event_ndim
+
+    @property
+    def event_ndim(self) -> int:
+        return self.process.event_ndim
 
     @property
     def k(self):

@@ -340,3 +340,45 @@ def test_repaint_shows_the_guess_noised_held_values_and_returns_clean_ones():
                              generator=gen(31), repaint=True, correctors=1)
     assert isinstance(out[0], bd.Masked) and torch.equal(out[0].x[:, 0], clean[:, 0])
     assert out[1].dtype == torch.long
+
+
+# ---------------------------------------------------------------- everything at once, on a device
+
+def all_options_chain(dev, on_first_guess=lambda: None):
+    """Time changes, one grid per component, eta, guidance, correctors and RePaint together."""
+    P = (bd.TimeChanged(bd.OrnsteinUhlenbeck(0.0, 1.0, 0.5), bd.ddpm_schedule("squaredcos_cap_v2")),
+         bd.TimeChanged(bd.AbsorbingDiscrete(1.0, 5), bd.LogLinearMasking()))
+    n = 1000
+    g = torch.Generator(device=dev).manual_seed(0)
+    clean = torch.zeros(n, 3, device=dev)
+    mask = torch.tensor([True, False, True], device=dev).expand(n, 3)
+    x_T = (bd.sample_equilibrium(P[0], bd.masked(clean, mask), generator=g),
+           bd.sample_equilibrium(P[1], (n, 4), generator=g, device=dev))
+    grids = (torch.linspace(0.01, 1.0, 8), torch.linspace(0.05, 1.0, 8, dtype=torch.float64))
+
+    def model(shift):
+        def guess(x, t):
+            on_first_guess()
+            probs = torch.softmax(torch.zeros(x[1].shape + (5,), device=dev) + shift, -1)
+            return torch.tanh(x[0]) * t[0] + shift, probs
+        return guess
+
+    guess = bd.Guided(P, model(0.5), model(0.0), (2.0, 1.5))
+    return bd.sample_backward(guess, P, grids, x_T, generator=g, eta=(0.5, 1.0), correctors=1,
+                              repaint=True), clean
+
+
+def test_all_options_together_on_the_cpu():
+    (x, labels), clean = all_options_chain(torch.device("cpu"))
+    assert isinstance(x, bd.Masked) and torch.equal(x.x[:, 1], clean[:, 1])
+    assert labels.dtype == torch.long and bool(((labels >= 0) & (labels <= 5)).all())
+
+
+@pytest.mark.cuda
+def test_all_options_together_stay_on_the_device_without_sync():
+    dev = torch.device("cuda")
+    try:        # from the first guess on, i.e. inside the loop, any synchronisation raises
+        (x, labels), _ = all_options_chain(dev, lambda: torch.cuda.set_sync_debug_mode("error"))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert x.x.device.type == "cuda" and labels.device.type == "cuda"
