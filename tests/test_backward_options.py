@@ -335,8 +335,8 @@ def test_repaint_shows_the_guess_noised_held_values_and_returns_clean_ones():
         bd.sample_backward(guess, VP, [0.5, 2.0], clean, repaint="yes")
     # in a structure, with an unmasked component beside the inpainted one
     P = (VP, bd.UniformDiscrete(1.0, 3))
-    out = bd.sample_backward(lambda x, t: (x[0] * 0, x[1]), P, [0.5, 1.0, 2.0],
-                             (bd.masked(clean, mask.expand(4000, 3)), torch.zeros(4000, dtype=torch.long)),
+    x_T = (bd.masked(clean, mask.expand(4000, 3)), torch.zeros(4000, dtype=torch.long))
+    out = bd.sample_backward(lambda x, t: (x[0] * 0, x[1]), P, [0.5, 1.0, 2.0], x_T,
                              generator=gen(31), repaint=True, correctors=1)
     assert isinstance(out[0], bd.Masked) and torch.equal(out[0].x[:, 0], clean[:, 0])
     assert out[1].dtype == torch.long

@@ -36,7 +36,8 @@ def probabilities(shape, seed):
 CASES = {
     "OU": (bd.OrnsteinUhlenbeck(), lambda i: torch.randn(5, 3, generator=gen(i))),
     "discrete-soft": (bd.UniformDiscrete(1.0, 4), lambda i: probabilities((5, 4), i)),
-    "discrete-hard": (bd.AbsorbingDiscrete(1.0, 4), lambda i: torch.randint(0, 4, (5,), generator=gen(i))),
+    "discrete-hard": (bd.AbsorbingDiscrete(1.0, 4),
+                      lambda i: torch.randint(0, 4, (5,), generator=gen(i))),
     "circle": (bd.WrappedBrownian(1.0), lambda i: torch.rand(5, generator=gen(i)) * 6 - 3),
     "rotation": (bd.RotationDiffusion(), lambda i: roma.random_unitquat(5, generator=gen(i))),
     "custom": (Drift(), lambda i: torch.randn(5, generator=gen(i))),
@@ -107,7 +108,7 @@ def test_rotation_guidance_follows_the_geodesic():
     for w in (0.3, 2.0):
         out = bd.Guided(bd.RotationDiffusion(), lambda x, t: c, lambda x, t: u, w)(None, None)
         assert out.shape == (4, 3, 4)
-        ru, rc = Rotation.from_quat(u.reshape(-1, 4).numpy()), Rotation.from_quat(c.reshape(-1, 4).numpy())
+        ru, rc = (Rotation.from_quat(q.reshape(-1, 4).numpy()) for q in (u, c))
         expected = ru * Rotation.from_rotvec(w * (ru.inv() * rc).as_rotvec())
         got = Rotation.from_quat(out.reshape(-1, 4).numpy())
         np.testing.assert_allclose((got.inv() * expected).magnitude(), 0, atol=1e-9)

@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 import bridgediff as bd
-from stats import assert_binomial, assert_ks, assert_ks_2samp
+from stats import assert_binomial, assert_categorical, assert_ks, assert_ks_2samp
 
 VP = bd.OrnsteinUhlenbeck(mean=0.0, volatility=1.0, reversion=0.5)
 N_TRAIN = 1000
@@ -201,7 +201,6 @@ def test_soft_x0_bridge_of_a_time_changed_discrete_process():
     Pm = lambda u: math.exp(-u) * np.eye(k) + (1 - math.exp(-u)) / k
     w = probs[0].numpy() / Pm(tt)[:, 0]
     exact = (w @ Pm(ts)) * Pm(tt - ts)[:, 0]
-    from stats import assert_categorical
     assert_categorical(soft, exact / exact.sum(), what="soft bridge")
 
 
