@@ -176,7 +176,10 @@ def quality_table(results: dict) -> str:
             for i, steps in enumerate(results["steps"])]
     table = format_table(["steps"] + list(quality.SAMPLERS), rows)
     low, mid, high = np.quantile(results["exact iid sample"], [0.05, 0.5, 0.95])
-    return (f"{table}\n\nW1 of {len(results['exact iid sample'])} exact i.i.d. samples "
+    calls = "; ".join(f"{name}: {k} model calls per step"
+                      for name, k in quality.CALLS_PER_STEP.items())
+    return (f"{table}\n\nSteps are grid steps, one model call each except {calls}. "
+            f"W1 of {len(results['exact iid sample'])} exact i.i.d. samples "
             f"(n = {results['n']:,}): median {mid:.4f}, 5-95% [{low:.4f}, {high:.4f}].")
 
 

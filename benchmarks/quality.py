@@ -6,11 +6,14 @@ dX = θ(μ − X) dt + σ dW stays a Gaussian mixture at every time t:
     p_t = Σ_k w_k N(μ + a_t (m_k − μ), a_t² s_k² + v_t),   a_t = e^{−θt},
     v_t = σ² (1 − e^{−2θt}) / (2θ),
 
-so its score and the posterior p(x0 | x_t) are closed forms. Three samplers start from
+so its score and the posterior p(x0 | x_t) are closed forms. The samplers start from
 exact draws of p_T and step down the same geometric grid to t_min, one model call per
 step: the bridge sampler with guess = a posterior sample (exact for any number of steps),
 with guess = the posterior mean (what an L2-trained model predicts), and Euler–Maruyama on
-the reverse SDE dX = [θ(μ − X) − σ² ∇log p_t(X)] dt + σ dW̄ with the exact score.
+the reverse SDE dX = [θ(μ − X) − σ² ∇log p_t(X)] dt + σ dW̄ with the exact score. Three
+variants of the posterior-mean sampler follow: the deterministic eta = 0 step (DDIM), and
+1 or 4 correctors per step (renoise to the time just left and step back, 2 or 5 model
+calls per step: ``CALLS_PER_STEP``).
 Quality is the Wasserstein-1 distance of the samples to p_{t_min}, computed against its
 exact CDF. W1 of a finite sample is itself noisy (the share of each mode fluctuates), so
 exact i.i.d. samples of the same size give the level reachable at this n.
@@ -32,7 +35,9 @@ FULL_STEPS = (5, 10, 20, 50, 100, 200, 500, 1000)
 QUICK_STEPS = (5, 20)
 IID_DRAWS = 20                   # exact i.i.d. samples that show W1's own spread at this n
 SAMPLERS = ("bridge, guess = posterior sample", "bridge, guess = posterior mean",
-            "Euler-Maruyama, exact score")
+            "Euler-Maruyama, exact score", "posterior mean, eta = 0",
+            "posterior mean, 1 corrector", "posterior mean, 4 correctors")
+CALLS_PER_STEP = {SAMPLERS[4]: 2, SAMPLERS[5]: 5}   # model calls per step (others: 1)
 
 
 class NoisedMixture:
@@ -140,6 +145,12 @@ def _run_quality(n: int, steps_list, device, seed: int) -> dict:
         SAMPLERS[1]: lambda times, x: bd.sample_backward(
             mixture.posterior_mean, process, times, x, generator=g),
         SAMPLERS[2]: lambda times, x: euler_maruyama(mixture, times, x, g),
+        SAMPLERS[3]: lambda times, x: bd.sample_backward(
+            mixture.posterior_mean, process, times, x, generator=g, eta=0.0),
+        SAMPLERS[4]: lambda times, x: bd.sample_backward(
+            mixture.posterior_mean, process, times, x, generator=g, correctors=1),
+        SAMPLERS[5]: lambda times, x: bd.sample_backward(
+            mixture.posterior_mean, process, times, x, generator=g, correctors=4),
     }
     results = {"n": n, "t_min": T_MIN, "t_max": T_MAX, "steps": list(steps_list),
                "exact iid sample": [w1(mixture.sample(n, T_MIN, g)) for _ in range(IID_DRAWS)]}
@@ -159,12 +170,13 @@ def plot_quality(results: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for name, marker in zip(SAMPLERS, "os^"):
-        ax.loglog(results["steps"], results[name], marker=marker, label=name)
+    for name, marker in zip(SAMPLERS, "os^vDx"):
+        calls = [CALLS_PER_STEP.get(name, 1) * steps for steps in results["steps"]]
+        ax.loglog(calls, results[name], marker=marker, label=name)
     low, high = np.quantile(results["exact iid sample"], [0.05, 0.95])
     ax.axhspan(low, high, color="gray", alpha=0.25,
                label=f"exact i.i.d. samples (n = {results['n']:,}), 5-95%")
-    ax.set_xlabel("steps (model calls)")
+    ax.set_xlabel("model calls (steps × calls per step)")
     ax.set_ylabel(r"$W_1$ to the target $p_{t_{min}}$")
     ax.set_title("1-D Gaussian mixture, OU(θ=0.5, σ=1), exact posterior / score")
     ax.grid(True, which="both", alpha=0.3)

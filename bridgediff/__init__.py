@@ -8,6 +8,7 @@ from .circle import WrappedBrownian, WrappedInterpolatedBrownian
 from .discrete import AbsorbingDiscrete, GeneralDiscrete, IndependentDiscrete, UniformDiscrete
 from .euclidean import BrownianMotion, OrnsteinUhlenbeck
 from .features import RandomFourierFeatures
+from .guidance import Guided
 from .losses import standard_loss
 from ._tree import unmasked
 from .masked import Masked, masked
@@ -17,6 +18,7 @@ from .sampling import (Tracker, endpoint_conditioned_sample, sample_backward,
                        sample_equilibrium, sample_forward)
 from .schedules import time_schedule
 from .selfcond import SelfConditioned, self_conditioning_input
+from .timechange import AlphaBarSchedule, LogLinearMasking, TimeChanged, ddpm_schedule
 from . import testing  # noqa: E402  (after the processes it checks)
 
 __version__ = "0.1.0"
@@ -25,12 +27,14 @@ __all__ = [
     # free functions
     "sample_forward", "endpoint_conditioned_sample", "sample_backward", "sample_equilibrium",
     "standard_loss", "time_schedule", "masked", "Masked", "unmasked", "Tracker",
-    # training helpers
-    "RandomFourierFeatures", "SelfConditioned", "self_conditioning_input",
+    # training and sampling helpers
+    "RandomFourierFeatures", "SelfConditioned", "self_conditioning_input", "Guided",
     # processes
     "Process", "OrnsteinUhlenbeck", "BrownianMotion", "UniformDiscrete", "IndependentDiscrete",
     "GeneralDiscrete", "AbsorbingDiscrete", "WrappedBrownian", "WrappedInterpolatedBrownian",
     "RotationDiffusion",
+    # time changes and ready-made clocks
+    "TimeChanged", "AlphaBarSchedule", "ddpm_schedule", "LogLinearMasking",
     # rotation helpers
     "igso3_angle_pdf", "igso3_angle_cdf",
     # conformance kit for custom processes

@@ -156,6 +156,10 @@ class _Wrapped(Process):
         """2 sqrt(1 - exp(-rate t / 8)), Diffusions.jl's default for angles."""
         return 2 * (-torch.expm1(-as_param(self.rate, t) * t / 8)).sqrt()
 
+    def guide(self, x0_uncond: Tensor, x0_cond: Tensor, w: float) -> Tensor:
+        """In the tangent space at the unconditional guess: wrap(u + w wrap(c − u))."""
+        return _wrap(x0_uncond + w * _wrap(x0_cond - x0_uncond))
+
 
 class WrappedBrownian(_Wrapped):
     r"""Brownian motion on the circle with rate r: angles, float tensors of any shape (...).

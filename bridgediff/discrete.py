@@ -234,6 +234,31 @@ class _Discrete(Process):
         """sqrt(1 - exp(-rate t)), Diffusions.jl's default."""
         return (-torch.expm1(-as_param(self.rate, t) * t)).sqrt()
 
+    def guide(self, x0_uncond: Tensor, x0_cond: Tensor, w: float) -> Tensor:
+        r"""Affine in the logits: the geometric mixture :math:`p \propto u^{1-w} c^w` of two
+        probability tensors (..., k), normalised; probabilities in, probabilities out.
+
+        A state where either guess puts no weight gets none (the limit for w in (0, 1); for
+        w > 1 a state only the conditional allows would otherwise weigh infinitely); where no
+        state has weight under both, the result is the conditional guess, normalised.
+        Hard states cannot be mixed: they are refused (``bd.Guided`` passes them through
+        itself for w = 0 and w = 1).
+        """
+        if not (x0_uncond.is_floating_point() and x0_cond.is_floating_point()):
+            raise ValueError(f"guidance of {type(self).__name__} with w = {w} needs guesses "
+                             f"given as probabilities (..., {self.k}), not hard states (hard "
+                             f"states are accepted only for w = 0 or w = 1)")
+        if x0_uncond.shape != x0_cond.shape:
+            raise ValueError(f"the unconditional and conditional guesses have shapes "
+                             f"{tuple(x0_uncond.shape)} and {tuple(x0_cond.shape)}")
+        u = x0_uncond / x0_uncond.sum(-1, keepdim=True)
+        c = x0_cond / x0_cond.sum(-1, keepdim=True)
+        both = (u > 0) & (c > 0)
+        tiny = torch.finfo(u.dtype).tiny
+        logits = (1 - w) * u.clamp_min(tiny).log() + w * c.clamp_min(tiny).log()
+        mixed = torch.softmax(torch.where(both, logits, -torch.inf), dim=-1)
+        return torch.where(both.any(-1, keepdim=True), mixed, c)
+
 
 class _MarkovChain(_Discrete):
     """Soft-x0 bridge of a chain given P(u)[:, l] (``_column``) and w @ P(u) (``_propagate``)."""

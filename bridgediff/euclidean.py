@@ -20,6 +20,25 @@ def _normal(offset: Tensor, terms, sd: Tensor, like: Tensor, generator) -> Tenso
     return out
 
 
+def _eta_step(x0: Tensor, x_t: Tensor, mean, a_s, a_t, v_s, v_t, b, eta: float, generator):
+    r"""The eta-step of a Gaussian process whose forward law is N(m_u(x0), v_u) with
+    m_u(x0) = μ + a_u (x0 − μ), and whose bridge from t to s has variance b:
+
+    .. math::
+        x_s = m_s + \sqrt{(v_s - \eta^2 b) / v_t}\,(x_t - m_t) + \eta \sqrt{b}\, z
+
+    If x_t ~ N(m_t, v_t) then x_s ~ N(m_s, v_s) for every eta in [0, 1]; eta = 1 is the bridge,
+    eta = 0 draws nothing (DDIM). (v_s − η² b) / v_t is formed as (v_s / v_t)(1 − η² b / v_s),
+    free of cancellation for eta < 1.
+    """
+    k = (v_s / v_t * (1 - eta ** 2 * b / v_s)).sqrt()
+    offset = mean * (1 - a_s - k * (1 - a_t))
+    terms = [(a_s - k * a_t, x0), (k, x_t)]
+    if eta == 0:
+        return offset + terms[0][0] * x0 + k * x_t
+    return _normal(offset, terms, eta * b.sqrt(), x_t, generator)
+
+
 class _Euclidean(Process):
     """Shared checks and loss of the real-valued processes (squared error)."""
 
@@ -31,6 +50,11 @@ class _Euclidean(Process):
 
     def loss(self, x0_hat: Tensor, x0: Tensor) -> Tensor:
         return (x0_hat - x0) ** 2
+
+    def guide(self, x0_uncond: Tensor, x0_cond: Tensor, w: float) -> Tensor:
+        """Affine in x0: u + w (c − u), the x0 of the combined score (1 − w) ∇log p_t +
+        w ∇log p_t(· | y) (Tweedie)."""
+        return x0_uncond + w * (x0_cond - x0_uncond)
 
 
 class OrnsteinUhlenbeck(_Euclidean):
@@ -87,6 +111,14 @@ class OrnsteinUhlenbeck(_Euclidean):
     def scaler(self, t):
         return (-torch.expm1(-as_param(self.reversion, t) * t)).sqrt()
 
+    def eta_bridge(self, s, t, x0, x_t, eta, generator=None):
+        """x_s = m_s + √((v_s − η² b)/v_t) (x_t − m_t) + η √b z with b = v_s v_{t−s} / v_t."""
+        a_s, v_s = self._decay_and_variance(s, x_t)
+        a_t, v_t = self._decay_and_variance(t, x_t)
+        _, v_d = self._decay_and_variance(t - s, x_t)
+        return _eta_step(x0, x_t, as_param(self.mean, x_t), a_s, a_t, v_s, v_t,
+                         v_s * v_d / v_t, eta, generator)
+
 
 class BrownianMotion(_Euclidean):
     r"""Brownian motion (variance exploding), elementwise on any float tensor.
@@ -118,3 +150,9 @@ class BrownianMotion(_Euclidean):
 
     def scaler(self, t):
         return (-torch.expm1(-as_param(self.rate, t) * t)).sqrt()
+
+    def eta_bridge(self, s, t, x0, x_t, eta, generator=None):
+        """x_s = x0 + √((s − η² s(t − s)/t)/t) (x_t − x0) + η √(r s (t − s)/t) z."""
+        r = as_param(self.rate, x_t)
+        return _eta_step(x0, x_t, 0.0, 1.0, 1.0, r * s, r * t, r * s * (t - s) / t, eta,
+                         generator)

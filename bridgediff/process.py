@@ -47,6 +47,16 @@ class Process(abc.ABC):
                                             event dimensions (NotImplementedError)
     ``scaler(t)``                           default time scaler of the standard loss
                                             (NotImplementedError)
+    ``forward_transition(s, t, x_s,         a draw of x_t ~ p(x_t | x_s) for s < t: the
+    generator)``                            renoising move of the correctors
+                                            (``sample_forward(t - s, x_s)``, right for every
+                                            time-homogeneous process)
+    ``eta_bridge(s, t, x0, x_t, eta,        the eta-step from x_t to x_s, eta in [0, 1):
+    generator)``                            keeps forward(s, x0) as the law of x_s; eta = 0 is
+                                            DDIM's deterministic step (ValueError: none)
+    ``guide(x0_uncond, x0_cond, w)``        guidance: combine two guesses with weight w
+                                            (w = 0: x0_uncond, w = 1: x0_cond; never called
+                                            with those) (NotImplementedError)
     ======================================  ==================================================
 
     Example::
@@ -113,6 +123,27 @@ class Process(abc.ABC):
     def scaler(self, t: Tensor) -> Tensor:
         """Default time scaler of the standard loss (the loss is divided by it)."""
         raise NotImplementedError(f"{type(self).__name__} defines no loss scaler")
+
+    def forward_transition(self, s: Tensor, t: Tensor, x_s: Tensor, generator=None) -> Tensor:
+        """Draw x_t ~ p(x_t | x_s) for s < t (default: ``sample_forward(t - s, x_s)``, the law
+        of a time-homogeneous Markov process; a process whose law depends on the time itself,
+        such as ``bd.TimeChanged``, overrides it)."""
+        return self.sample_forward(t - s, x_s, generator)
+
+    def eta_bridge(self, s: Tensor, t: Tensor, x0: Tensor, x_t: Tensor, eta: float,
+                   generator=None) -> Tensor:
+        """The eta-step from x_t to x_s given x0, for 0 <= eta < 1 (eta = 1 is the bridge,
+        which the free functions call instead): a draw whose law, when x_t ~ forward(t, x0),
+        is forward(s, x0), with eta = 0 deterministic. Only Gaussian processes have one."""
+        raise ValueError(f"{type(self).__name__} has no eta-step (eta_bridge): pass eta=1 for "
+                         f"it (for a structure of processes eta may be a matching structure, "
+                         f"e.g. (0.0, 1.0))")
+
+    def guide(self, x0_uncond: Tensor, x0_cond: Tensor, w: float) -> Tensor:
+        """Combine an unconditional and a conditional guess with guidance weight ``w`` (a
+        float other than 0 and 1, which ``bd.Guided`` answers itself)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no guidance: override "
+                                  f"guide(x0_uncond, x0_cond, w)")
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={_short(v)}" for k, v in vars(self).items()

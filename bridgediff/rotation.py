@@ -100,6 +100,14 @@ class RotationDiffusion(Process):
         value = (-torch.expm1(-5 * as_param(self.rate, t) * t)).sqrt()
         return value[..., 0] if value.ndim > 0 else value
 
+    def guide(self, x0_uncond: Tensor, x0_cond: Tensor, w: float) -> Tensor:
+        """Along the geodesic from the unconditional guess: q_u exp(w log(q_u⁻¹ q_c)), the
+        shorter way round; unit quaternions (..., 4), XYZW."""
+        q_u, q_c = _unit(x0_uncond), _unit(x0_cond)
+        relative = roma.quat_product(roma.quat_conjugation(q_u), q_c)
+        step = roma.rotvec_to_unitquat(w * roma.unitquat_to_rotvec(relative))
+        return _unit(roma.quat_product(q_u, step))
+
 
 def igso3_angle_pdf(omega, eps2) -> Tensor:
     r"""Density of the rotation angle ω ∈ [0, π] of an IGSO(3) rotation with parameter ε².

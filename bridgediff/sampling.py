@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._tree import leaves, map_tree, rewrap, split, unmasked
+from ._tree import is_node, leaves, map_data, map_tree, rewrap, split, unmasked
 from ._util import on_host
 from .masked import Masked
 from .process import Process, time_dtype
@@ -102,7 +102,9 @@ def sample_forward(process, t, x0, *, generator=None):
 
 # ---------------------------------------------------------------- bridge
 
-def _bridge_leaf(process: Process, s, t, x0, x_t, generator, validate: bool, x0_name: str):
+def _bridge_leaf(process: Process, s, t, x0, x_t, eta, generator, validate: bool,
+                 x0_name: str):
+    eta = check_eta(eta)
     xt, mask = split(x_t, process, "x_t")
     x0 = x0.x if isinstance(x0, Masked) else x0  # the guess's x0 inherits x_t's mask
     if not isinstance(x0, Tensor):
@@ -116,8 +118,22 @@ def _bridge_leaf(process: Process, s, t, x0, x_t, generator, validate: bool, x0_
         check_positive(ss, "s")
         check_positive(tt, "t")
         check_order(ss, tt)
-    out = process.endpoint_conditioned_sample(ss, tt, x0, xt, generator)
-    return rewrap(_cast(out, xt, process, "endpoint_conditioned_sample"), xt, mask, process)
+    if eta == 1:
+        out = process.endpoint_conditioned_sample(ss, tt, x0, xt, generator)
+        return rewrap(_cast(out, xt, process, "endpoint_conditioned_sample"), xt, mask, process)
+    out = process.eta_bridge(ss, tt, x0, xt, eta, generator)
+    return rewrap(_cast(out, xt, process, "eta_bridge"), xt, mask, process)
+
+
+def check_eta(eta) -> float:
+    """``eta`` as a float in [0, 1] (a real number; tensors are refused: no sync)."""
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real):
+        raise TypeError(f"eta must be a real number in [0, 1] (or a structure of them matching "
+                        f"the processes), got {type(eta).__name__}")
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must lie in [0, 1] (1: the bridge, 0: the deterministic DDIM "
+                         f"step), got {eta!r}")
+    return float(eta)
 
 
 def _check_endpoints(process: Process, x0: Tensor, xt: Tensor, x0_name: str) -> None:
@@ -131,8 +147,19 @@ def _check_endpoints(process: Process, x0: Tensor, xt: Tensor, x0_name: str) -> 
         raise type(error)(f"{x0_name} returned an invalid x0: {error}") from None
 
 
-def endpoint_conditioned_sample(process, s, t, x0, x_t, *, generator=None):
-    """Draw x_s from the bridge p(x_s | x_0 = x0, x_t) for 0 < s < t.
+def endpoint_conditioned_sample(process, s, t, x0, x_t, *, generator=None, eta=1.0):
+    r"""Draw x_s from the bridge p(x_s | x_0 = x0, x_t) for 0 < s < t, or take an eta-step.
+
+    With ``eta`` < 1 (Gaussian processes: OU, Brownian motion and time changes of them) the
+    step keeps the marginal instead of the bridge: with forward law N(m_u(x0), v_u) and
+    bridge variance b,
+
+    .. math::
+        x_s = m_s + \sqrt{(v_s - \eta^2 b)/v_t}\,(x_t - m_t) + \eta\sqrt{b}\, z,
+
+    so x_t ~ forward(t, x0) gives x_s ~ forward(s, x0) for every eta; eta = 1 is the bridge
+    (the process's ``endpoint_conditioned_sample`` itself), eta = 0 DDIM's deterministic
+    step (no draw).
 
     Args:
         process: a ``bd.Process`` or a (nested) tuple, list or dict of them.
@@ -143,19 +170,40 @@ def endpoint_conditioned_sample(process, s, t, x0, x_t, *, generator=None):
         x_t: the noisy endpoint, a tensor or ``bd.Masked``; held elements are returned
             unchanged.
         generator: a ``torch.Generator``.
+        eta: a real number in [0, 1], or a structure matching ``process``; a process without
+            an eta-step (``eta_bridge``) raises ValueError for eta != 1.
 
     Returns:
         x_s with the structure, device and dtype of ``x_t``.
     """
-    return _bridge(process, s, t, x0, x_t, generator, validate=True)
+    return _bridge(process, s, t, x0, x_t, generator, validate=True, eta=eta)
 
 
-def _bridge(process, s, t, x0, x_t, generator, validate: bool, x0_name: str = "x0"):
-    """The bridge over a structure; ``validate`` checks x_t and the times (the backward loop
-    checks them once, before it starts)."""
+def _bridge(process, s, t, x0, x_t, generator, validate: bool, x0_name: str = "x0", eta=1.0):
+    """The bridge (or eta-step) over a structure; ``validate`` checks x_t and the times (the
+    backward loop checks them once, before it starts)."""
     return map_tree(
-        lambda p, a, b, ss, tt: _bridge_leaf(p, ss, tt, a, b, generator, validate, x0_name),
-        process, (x0, x_t, s, t), (x0_name, "x_t", "s", "t"), shared=(2, 3), out=1)
+        lambda p, a, b, ss, tt, e: _bridge_leaf(p, ss, tt, a, b, e, generator, validate,
+                                                x0_name),
+        process, (x0, x_t, s, t, eta), (x0_name, "x_t", "s", "t", "eta"), shared=(2, 3, 4),
+        out=1)
+
+
+# ---------------------------------------------------------------- renoising
+
+def _transition_leaf(process: Process, s, t, x_s, generator):
+    x, mask = split(x_s, process, "x_s")
+    dtype = time_dtype(x)
+    ss, tt = as_time(s, x, process, dtype, "s"), as_time(t, x, process, dtype, "t")
+    out = _cast(process.forward_transition(ss, tt, x, generator), x, process,
+                "forward_transition")
+    return rewrap(out, x, mask, process)
+
+
+def _transition(process, s, t, x_s, generator):
+    """x_t ~ p(x_t | x_s) over a structure, held elements kept (times checked by the loop)."""
+    return map_tree(lambda p, x, ss, tt: _transition_leaf(p, ss, tt, x, generator),
+                    process, (x_s, s, t), ("x_s", "s", "t"), shared=(1, 2))
 
 
 # ---------------------------------------------------------------- equilibrium
@@ -210,8 +258,10 @@ def sample_equilibrium(process, shape_or_like, *, generator=None, device=None, d
 class Tracker:
     """Records each backward step: ``time`` (0-d tensors), ``x`` (states) and ``x0`` (guesses).
 
-    ``sample_backward`` calls it as ``tracker(t, x, x0_hat)`` once per step, from the
-    largest time down; any callable of that signature can serve instead.
+    ``sample_backward`` calls it as ``tracker(t, x, x0_hat)`` after each guess, from the
+    largest time down (with correctors, their guesses too, at the time they renoise to; with
+    one grid per component, t is the structure of the components' times); any callable of
+    that signature can serve instead.
     """
 
     def __init__(self):
@@ -258,14 +308,100 @@ def _check_start(process: Process, x):
     process.check_state(data, "x_T")
 
 
-def sample_backward(guess, process, timesteps, x_T, *, tracker=None, generator=None,
-                    progress=False):
-    """Generate by stepping backward through ``timesteps`` with bridges to guessed x0.
+def _check_correctors(correctors) -> int:
+    try:
+        k = operator.index(correctors)
+    except TypeError:
+        raise TypeError(f"correctors must be a non-negative integer, got "
+                        f"{type(correctors).__name__}") from None
+    if isinstance(correctors, bool) or k < 0:
+        raise ValueError(f"correctors must be a non-negative integer, got {correctors!r}")
+    return k
 
-    For i = n-1, ..., 1: ``x0_hat = guess(x, t_i)`` (x with masks removed, t_i a 0-d
-    tensor on x's device), ``tracker(t_i, x, x0_hat)`` if given, then
-    x ~ p(x_{t_{i-1}} | x_0 = x0_hat, x_{t_i} = x). If ``guess`` draws x0 from the exact
+
+def _one_grid_per_component(process, timesteps) -> bool:
+    """Whether ``timesteps`` is a structure of grids matching ``process`` rather than one
+    grid shared by every component (a flat sequence of numbers)."""
+    if isinstance(process, Process) or not is_node(timesteps):
+        return False
+    return isinstance(timesteps, dict) or any(
+        is_node(g) or getattr(g, "ndim", 0) >= 1 for g in timesteps)
+
+
+def _time_grids(process, timesteps, x_T):
+    """The grid(s), checked on the host in the dtype each component's times take and moved
+    to its device: (n, times_at), where ``times_at(i)`` gives step i's time, a 0-d tensor
+    (one shared grid) or a structure of them matching ``process`` (one grid per component)."""
+    if not _one_grid_per_component(process, timesteps):
+        states = leaves(unmasked(x_T))
+        times = check_timesteps(timesteps, time_dtype(*states)).to(states[0].device)
+        return len(times), times.__getitem__
+
+    def grid(p, x, ts):
+        data, _ = split(x, p, "x_T")
+        return check_timesteps(ts, time_dtype(data), "each grid of timesteps").to(data.device)
+
+    grids = map_tree(grid, process, (x_T, timesteps), ("x_T", "timesteps"))
+    lengths = sorted({len(g) for g in leaves(grids)})
+    if len(lengths) != 1:
+        raise ValueError(f"the grids of timesteps (one per component) must have one length, "
+                         f"got lengths {lengths}")
+    return lengths[0], lambda i: map_data(lambda g: g[i], grids)
+
+
+def _noised_held(process, t, x, x_T, generator):
+    """The plain state ``x`` with its held elements (mask False in ``x_T``) replaced by a
+    fresh draw from forward(t, their clean values in x_T): RePaint's known part."""
+    def leaf(p, state, start, tt):
+        if not isinstance(start, Masked):
+            return state
+        clean = start.x
+        tt = as_time(tt, clean, p, time_dtype(clean), "t")
+        noised = _cast(p.sample_forward(tt, clean, generator), clean, p, "sample_forward")
+        return rewrap(state, noised, start.mask, p).x
+
+    return map_tree(leaf, process, (x, x_T, t), ("x", "x_T", "t"), shared=(2,))
+
+
+def _with_clean_held(process, x, x_T):
+    """``x`` wrapped with ``x_T``'s masks, its held elements set to x_T's (clean) values."""
+    def leaf(p, state, start):
+        return rewrap(state, start.x, start.mask, p) if isinstance(start, Masked) else state
+
+    return map_tree(leaf, process, (x, x_T), ("x", "x_T"))
+
+
+def sample_backward(guess, process, timesteps, x_T, *, tracker=None, generator=None,
+                    progress=False, eta=1.0, correctors=0, repaint=False):
+    r"""Generate by stepping backward through ``timesteps`` with bridges to guessed x0.
+
+    For i = n-1, ..., 1, with s = t_{i-1} < t = t_i: ``x0_hat = guess(x, t)`` (x with masks
+    removed, t a 0-d tensor on x's device), ``tracker(t, x, x0_hat)`` if given, then
+    x ~ p(x_s | x_0 = x0_hat, x_t = x) (or the eta-step). If ``guess`` draws x0 from the exact
     posterior p(x0 | x_t), every step is an exact reverse transition.
+
+    Options (each off by default):
+
+    * ``eta``: the eta-step of ``bd.endpoint_conditioned_sample`` in place of the bridge
+      (Gaussian processes; 0 is DDIM's deterministic sampler).
+    * ``correctors`` = k: after each step, k moves that renoise the state from s back to t
+      (x' ~ p(x_t | x_s), the process's ``forward_transition``) and step down again from a
+      fresh guess at t: x ~ p(x_s | x0 = guess(x', t), x'). The renoising distance is the step
+      just taken, so the guesses stay on the grid. Each move leaves p_s invariant when the
+      guess is an exact posterior sample; with an approximate guess it pulls the state back
+      towards p_s (a predictor-corrector scheme). Cost: 1 + k guesses per step.
+    * ``repaint``: zero-shot inpainting (RePaint, Lugmayr et al. 2022) for a model trained
+      without masks. The held elements (mask False in ``x_T``) are not held at their clean
+      values during the chain: before each guess they are a fresh draw from
+      forward(t, clean value), so the guess sees a state at one noise level; the free
+      elements follow the bridges, and the correctors become RePaint's resampling rounds (the
+      whole state renoised, the held part then redrawn from its clean values). The returned
+      state holds the clean values at held elements. Without ``repaint`` the guess sees the
+      clean held values (what a model trained with masks expects).
+    * per-component times: for a structure of processes, ``timesteps`` may be a matching
+      structure of grids, all of one length n, each increasing: component c steps along its
+      own grid (fold, inverse-fold or co-design with different noise levels per component),
+      and ``guess`` and ``tracker`` receive t as the matching structure of 0-d tensors.
 
     The loop runs under ``torch.no_grad()``, so no autograd graph builds up across steps; a
     guess that needs gradients (guidance by a classifier, say) enables them inside itself
@@ -273,34 +409,55 @@ def sample_backward(guess, process, timesteps, x_T, *, tracker=None, generator=N
 
     Args:
         guess: callable (x_t, t) -> x0 estimate with x_t's structure (for discrete
-            components hard states or probabilities (..., k)).
+            components hard states or probabilities (..., k)); ``bd.Guided`` combines two.
         process: a ``bd.Process`` or a (nested) tuple, list or dict of them.
-        timesteps: increasing positive times (n,); x_T sits at ``timesteps[-1]``.
+        timesteps: increasing positive times (n,), x_T sitting at ``timesteps[-1]``; or, for a
+            structure of processes, a matching structure of such grids, each of length n.
         x_T: the starting state (tensor, ``bd.Masked`` or a structure of them), validated
             once before the loop.
-        tracker: a ``bd.Tracker`` or any callable (t, x, x0_hat).
+        tracker: a ``bd.Tracker`` or any callable (t, x, x0_hat), called after each guess
+            (the correctors' too).
         generator: a ``torch.Generator``.
         progress: show a tqdm bar over the steps.
+        eta: a real number in [0, 1] or a structure of them matching ``process`` (1: the
+            bridge).
+        correctors: the number k >= 0 of renoise-and-step-back moves after each step.
+        repaint: zero-shot inpainting of the held elements, as above; needs a ``bd.Masked``
+            somewhere in ``x_T``.
 
     Returns:
-        the state at ``timesteps[0]``, structured like ``x_T``. The loop never synchronises
-        with the device; on the host each guess is checked (shape, dtype, values) before it
-        is used, and a bad one is blamed on ``guess``.
+        the state at ``timesteps[0]``, structured like ``x_T``, after (n − 1)(1 + k)
+        guesses. The loop never synchronises with the device; on the host each guess is
+        checked (shape, dtype, values) before it is used, and a bad one is blamed on ``guess``.
     """
     _check_callable(guess, "guess", "(x_t, t) -> x0_hat")
     if tracker is not None:
         _check_callable(tracker, "tracker", "(t, x, x0_hat)")
     map_tree(_check_start, process, (x_T,), ("x_T",))
-    states = leaves(unmasked(x_T))
-    times = check_timesteps(timesteps, time_dtype(*states)).to(states[0].device)
-    x = x_T
+    map_tree(lambda p, e: check_eta(e), process, (eta,), ("eta",), shared=(0,))
+    correctors = _check_correctors(correctors)
+    if not isinstance(repaint, bool):
+        raise TypeError(f"repaint must be True or False, got {type(repaint).__name__}")
+    if repaint and not any(isinstance(leaf, Masked) for leaf in leaves(x_T)):
+        raise ValueError("repaint=True inpaints the held elements of x_T: pass x_T (or a "
+                         "component of it) as bd.masked(x, mask), mask False where held")
+    n, times_at = _time_grids(process, timesteps, x_T)
+
+    def step(x, s, t):
+        plain = unmasked(x)
+        x0 = guess(plain, t)
+        if tracker is not None:
+            tracker(t, plain, x0)
+        x = _bridge(process, s, t, x0, x, generator, validate=False, x0_name="guess(x_t, t)",
+                    eta=eta)
+        return _noised_held(process, s, x, x_T, generator) if repaint else x
+
     with torch.no_grad():
-        for i in tqdm(range(len(times) - 1, 0, -1), disable=not progress, desc="sampling"):
-            t = times[i]
-            x_plain = unmasked(x)
-            x0 = guess(x_plain, t)
-            if tracker is not None:
-                tracker(t, x_plain, x0)
-            x = _bridge(process, times[i - 1], t, x0, x, generator, validate=False,
-                        x0_name="guess(x_t, t)")
-    return x
+        x = _noised_held(process, times_at(n - 1), unmasked(x_T), x_T, generator) if repaint \
+            else x_T
+        for i in tqdm(range(n - 1, 0, -1), disable=not progress, desc="sampling"):
+            s, t = times_at(i - 1), times_at(i)
+            x = step(x, s, t)
+            for _ in range(correctors):
+                x = step(_transition(process, s, t, x, generator), s, t)
+    return _with_clean_held(process, x, x_T) if repaint else x
