@@ -174,13 +174,19 @@ def comparison_table(records: list[Record], comparisons) -> str:
 def quality_table(results: dict) -> str:
     rows = [[steps] + [f"{results[name][i]:.4f}" for name in quality.SAMPLERS]
             for i, steps in enumerate(results["steps"])]
-    table = format_table(["steps"] + list(quality.SAMPLERS), rows)
+    for row, value in zip(rows, results[quality.ELBO]):     # nats, not W1
+        row.append(f"{value:.4f}")
+    table = format_table(["steps"] + list(quality.SAMPLERS) + [quality.ELBO], rows)
     low, mid, high = np.quantile(results["exact iid sample"], [0.05, 0.5, 0.95])
     calls = "; ".join(f"{name}: {k} model calls per step"
                       for name, k in quality.CALLS_PER_STEP.items())
-    return (f"{table}\n\nSteps are grid steps, one model call each except {calls}. "
+    note = (f"{table}\n\nSteps are grid steps, one model call each except {calls}. "
             f"W1 of {len(results['exact iid sample'])} exact i.i.d. samples "
             f"(n = {results['n']:,}): median {mid:.4f}, 5-95% [{low:.4f}, {high:.4f}].")
+    return note + (f" Negative ELBO: `bd.elbo` on {results['n']:,} data draws (standard "
+                   f"error at most {max(results[quality.ELBO + ' standard error']):.4f}); the "
+                   f"exact -log p(x0) of the same draws is {results['exact -log p(x0)']:.4f} "
+                   f"nats.")
 
 
 def update_readme(path: Path, text: str) -> None:

@@ -17,6 +17,10 @@ calls per step: ``CALLS_PER_STEP``).
 Quality is the Wasserstein-1 distance of the samples to p_{t_min}, computed against its
 exact CDF. W1 of a finite sample is itself noisy (the share of each mode fluctuates), so
 exact i.i.d. samples of the same size give the level reachable at this n.
+
+Beside W1, the likelihood of the posterior-mean chain: ``bd.elbo`` on n draws of the data,
+the mean negative ELBO in nats with its standard error, against the exact −log p(x0) of the
+same draws (the bound's limit, up to p_{t_min} versus p_0).
 """
 
 import math
@@ -38,6 +42,7 @@ SAMPLERS = ("bridge, guess = posterior sample", "bridge, guess = posterior mean"
             "Euler-Maruyama, exact score", "posterior mean, eta = 0",
             "posterior mean, 1 corrector", "posterior mean, 4 correctors")
 CALLS_PER_STEP = {SAMPLERS[4]: 2, SAMPLERS[5]: 5}   # model calls per step (others: 1)
+ELBO = "negative ELBO (nats), guess = posterior mean"
 
 
 class NoisedMixture:
@@ -87,6 +92,10 @@ class NoisedMixture:
         var = 1 / (1 / self.vars + a ** 2 / v)
         mean = var * (self.means / self.vars + a * (x_t[:, None] - self.mu * (1 - a)) / v)
         return torch.softmax(self._log_joint(x_t, t), -1), mean, var
+
+    def log_density(self, x, t):
+        """log p_t(x), shape (N,)."""
+        return torch.logsumexp(self._log_joint(x, t), -1)
 
     def posterior_mean(self, x_t, t):
         r, mean, _ = self.posterior(x_t, t)
@@ -160,7 +169,23 @@ def _run_quality(n: int, steps_list, device, seed: int) -> dict:
             times = bd.time_schedule(torch.exp, T_MIN, T_MAX, steps + 1, finv=math.log)
             times = times.to(device, torch.float64)
             results[name].append(w1(sample(times, mixture.sample(n, T_MAX, g))))
+    results.update(_elbo_per_steps(process, mixture, n, steps_list, device, g))
     return results
+
+
+def _elbo_per_steps(process, mixture: NoisedMixture, n: int, steps_list, device, g) -> dict:
+    """Mean −ELBO of the posterior-mean chain on n data draws, per number of steps, with its
+    standard error, and the exact −log p_0 of the same draws."""
+    x0 = mixture.sample(n, 0.0, g)
+    means, errors = [], []
+    for steps in steps_list:
+        times = bd.time_schedule(torch.exp, T_MIN, T_MAX, steps + 1, finv=math.log)
+        nelbo = bd.elbo(mixture.posterior_mean, process, x0, times.to(device, torch.float64),
+                        generator=g)
+        means.append(float(nelbo.mean()))
+        errors.append(float(nelbo.std() / math.sqrt(n)))
+    return {ELBO: means, ELBO + " standard error": errors,
+            "exact -log p(x0)": float(-mixture.log_density(x0, 0.0).mean())}
 
 
 def plot_quality(results: dict, path) -> None:

@@ -9,6 +9,7 @@ from .discrete import AbsorbingDiscrete, GeneralDiscrete, IndependentDiscrete, U
 from .euclidean import BrownianMotion, OrnsteinUhlenbeck
 from .features import RandomFourierFeatures
 from .guidance import Guided
+from .likelihood import elbo
 from .losses import standard_loss
 from ._tree import unmasked
 from .masked import Masked, masked
@@ -26,7 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     # free functions
     "sample_forward", "endpoint_conditioned_sample", "sample_backward", "sample_equilibrium",
-    "standard_loss", "time_schedule", "masked", "Masked", "unmasked", "Tracker",
+    "standard_loss", "elbo", "time_schedule", "masked", "Masked", "unmasked", "Tracker",
     # training and sampling helpers
     "RandomFourierFeatures", "SelfConditioned", "self_conditioning_input", "Guided",
     # processes

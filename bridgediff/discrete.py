@@ -18,6 +18,7 @@ computed in int64 and outputs keep the input's dtype); soft x0 is a float tensor
 non-negative weights, normalised internally. The loss takes logits (..., k).
 """
 
+import math
 import operator
 
 import torch
@@ -100,7 +101,9 @@ def _num_states(name: str, k) -> int:
 def _float64_tensor(name: str, value, ndim: int) -> Tensor:
     """A parameter as a float64 CPU tensor with ``ndim`` dimensions and finite entries."""
     try:
-        v = torch.as_tensor(value.detach() if isinstance(value, Tensor) else value)
+        # a list of floats is read in float64, not in the default dtype (that would round pi)
+        v = (value.detach() if isinstance(value, Tensor) else
+             torch.as_tensor(value, dtype=torch.float64))
     except (TypeError, ValueError, RuntimeError):
         raise TypeError(f"{name} must be a tensor or a nested sequence of numbers, "
                         f"got {type(value).__name__}") from None
@@ -121,6 +124,17 @@ def _rows(mats: Tensor, index: Tensor) -> Tensor:
     flat = index.reshape(bt, index.numel() // max(bt, 1))    # -1 is ambiguous for bt = 0
     batch = torch.arange(bt, device=index.device).unsqueeze(-1)
     return mats[batch, flat].reshape(index.shape + (k,))
+
+
+def _log_at(probs: Tensor, states: Tensor) -> Tensor:
+    """log probs[..., states] for probabilities (..., k) and states (...)."""
+    return probs.gather(-1, states.long().unsqueeze(-1)).squeeze(-1).log()
+
+
+def _categorical_kl(q: Tensor, p: Tensor) -> Tensor:
+    """KL(q || p) over the last dimension (0 log 0 = 0; +inf where p = 0 < q); rounding of two
+    nearly equal laws is clamped at 0."""
+    return (torch.xlogy(q, q) - torch.xlogy(q, p)).sum(-1).clamp_min(0)
 
 
 # ---------------------------------------------------------------- shared base
@@ -264,9 +278,34 @@ class _MarkovChain(_Discrete):
     """Soft-x0 bridge of a chain given P(u)[:, l] (``_column``) and w @ P(u) (``_propagate``)."""
 
     def _soft_bridge(self, s, t, probs, x_t, generator):
+        return _categorical(self._soft_weights(s, t, probs, x_t), generator)
+
+    def _soft_weights(self, s, t, probs, x_t):
+        """((p̂ / P(t)[:, l]) @ P(s)) * P(t−s)[:, l]: the unnormalised soft-x0 bridge (..., k)."""
         column_t = self._column(t, x_t)
         w = torch.where(column_t > 0, probs / column_t, 0)
-        return _categorical(self._propagate(w, s) * self._column(t - s, x_t), generator)
+        return self._propagate(w, s) * self._column(t - s, x_t)
+
+    # ---------------------------------------------------------------- likelihood (bd.elbo)
+    # Probabilities with respect to counting measure; KLs in closed form, as sums over the k
+    # states: O(k) per element for the jump chains, O(k²) for GeneralDiscrete's soft x0.
+
+    def _bridge_probs(self, s, t, x0, x_t):
+        """p(x_s = j | x0, x_t) over j, (..., k): x0 hard (...) or probabilities (..., k)."""
+        x_t = x_t.long()
+        if x0.is_floating_point():
+            weights = self._soft_weights(s, t, x0, x_t)
+        else:
+            weights = self._row(s, x0.long()) * self._column(t - s, x_t)
+        return weights / weights.sum(-1, keepdim=True)
+
+    def bridge_log_prob(self, s, t, x0, x_t, x_s):
+        return _log_at(self._bridge_probs(s, t, x0, x_t), x_s).to(t.dtype)
+
+    def bridge_kl(self, t0, s, t, x0, x0_hat, x_t, generator=None):
+        """Exact KL of the two categorical bridges (x0_hat hard or probabilities; no draw)."""
+        q = self._bridge_probs(s - t0, t - t0, x0, x_t)
+        return _categorical_kl(q, self._bridge_probs(s, t, x0_hat, x_t)).to(t.dtype)
 
 
 # ---------------------------------------------------------------- jumps to a fixed law
@@ -316,6 +355,31 @@ class _Jumps(_MarkovChain):
     def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
         like = torch.empty((), device=device)
         return self._fresh(torch.Size(shape), like, generator).to(self._equilibrium_dtype(dtype))
+
+    # ---------------------------------------------------------------- likelihood (bd.elbo)
+
+    def _row(self, u, i):
+        """P(u)[i, :] = α_u e_i + (1 − α_u) π, shape i.shape + (k,)."""
+        stay, jump = self._decay(u.unsqueeze(-1))
+        is_i = torch.arange(self.k, device=i.device) == i.unsqueeze(-1)
+        return stay * is_i + jump * self._pi_vector(u)
+
+    def forward_log_prob(self, t, x0, x_t):
+        """log(α_t [x0 = x_t] + (1 − α_t) π_{x_t}), O(1) per element."""
+        stay, jump = self._decay(t)
+        return torch.log(stay * (x0 == x_t) + jump * self._pi_vector(t)[x_t.long()])
+
+    def equilibrium_log_prob(self, x):
+        like = torch.empty((), device=x.device)
+        return self._pi_vector(like)[x.long()].log()
+
+    def prior_kl(self, t0, T, x0, generator=None):
+        """KL(P(u)[x0, :] || π), u = T − t0, O(1) per element: with q_i = α + (1 − α) π_i,
+        q_i log(q_i / π_i) + (1 − α)(1 − π_i) log(1 − α)."""
+        stay, jump = self._decay(T - t0)
+        pi_i = self._pi_vector(T)[x0.long()]
+        return (torch.xlogy(stay + jump * pi_i, stay / pi_i + jump)
+                + torch.xlogy(jump * (1 - pi_i), jump))
 
 
 class UniformDiscrete(_Jumps):
@@ -480,6 +544,31 @@ class GeneralDiscrete(_MarkovChain):
         cdf = self._param("_stationary", torch.empty((), device=device)).cumsum(0)
         return _sample_cdf(cdf, torch.Size(shape), generator).to(self._equilibrium_dtype(dtype))
 
+    # ---------------------------------------------------------------- likelihood (bd.elbo)
+    # float64 throughout (as the bridges), results in the times' dtype.
+
+    def _row(self, u, i):
+        """P(u)[i, :], shape i.shape + (k,), float64."""
+        return _rows(self._transition(u), i)
+
+    def _stationary_law_or_raise(self, like: Tensor) -> Tensor:
+        if self._stationary is None:
+            raise ValueError("GeneralDiscrete: Q has no unique stationary distribution, so the "
+                             "backward chain has no equilibrium start and bd.elbo no prior")
+        return self._param("_stationary", like)
+
+    def forward_log_prob(self, t, x0, x_t):
+        return _log_at(self._row(t, x0.long()), x_t).to(t.dtype)
+
+    def equilibrium_log_prob(self, x):
+        pi = self._stationary_law_or_raise(torch.empty((), device=x.device))
+        return pi[x.long()].log().to(torch.get_default_dtype())
+
+    def prior_kl(self, t0, T, x0, generator=None):
+        """KL(P(T − t0)[x0, :] || π), O(k) per element."""
+        q = self._row(T - t0, x0.long())
+        return _categorical_kl(q, self._stationary_law_or_raise(q)).to(T.dtype)
+
 
 # ---------------------------------------------------------------- exp(uQ) by uniformisation
 
@@ -583,3 +672,54 @@ class AbsorbingDiscrete(_Discrete):
     def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
         return torch.full(torch.Size(shape), self.k, dtype=self._equilibrium_dtype(dtype),
                           device=device)
+
+    # ---------------------------------------------------------------- likelihood (bd.elbo)
+    # Probabilities with respect to counting measure, O(1) per element. The chain starts from
+    # the point mass "all masked", which the forward law reaches only as T → ∞; so the ELBO's
+    # variational law is the forward process conditioned on x_T = k (still a valid bound: its
+    # transitions given x_t are the same bridges), whose prior KL is 0 instead of +∞.
+
+    def _probability_of(self, x0, states):
+        """p̂ at ``states`` (...) for x0 hard (...) or probabilities (..., k)."""
+        if not x0.is_floating_point():
+            return (x0.long() == states.long()).to(torch.get_default_dtype())
+        probs = x0 / x0.sum(-1, keepdim=True)
+        return probs.gather(-1, states.long().clamp_max(self.k - 1).unsqueeze(-1)).squeeze(-1)
+
+    def forward_log_prob(self, t, x0, x_t):
+        masked = self._masking(t)
+        return torch.where(x_t == self.k, masked.log(),
+                           torch.where(x_t == x0, torch.log1p(-masked), -math.inf))
+
+    def equilibrium_log_prob(self, x):
+        zero = torch.zeros(x.shape, device=x.device)
+        return torch.where(x == self.k, zero, -math.inf)
+
+    def sample_variational(self, t0, t, T, x0, generator=None):
+        """x_t masked with probability (1 − e^{−r(t − t0)}) / (1 − e^{−r(T − t0)}), else x0:
+        the forward law given x_{t0} = x0 and x_T = k."""
+        still = self._masking(t - t0) / self._masking(T - t0)
+        return torch.where(rand(t, generator, shape=x0.shape) < still, self.k, x0.long()
+                           ).to(x0.dtype)
+
+    def prior_kl(self, t0, T, x0, generator=None):
+        """0: the variational x_T is the chain's start, all masked (see sample_variational)."""
+        return torch.zeros(x0.shape, dtype=T.dtype, device=x0.device)
+
+    def bridge_log_prob(self, s, t, x0, x_t, x_s):
+        rho = self._masking(s) / self._masking(t)
+        p = self._probability_of(x0, x_s).to(t.dtype)
+        from_mask = torch.where(x_s == self.k, rho.log(), torch.log1p(-rho) + p.log())
+        stays = torch.where(x_s == x_t, 0.0, -math.inf).to(t.dtype)
+        return torch.where(x_t == self.k, from_mask, stays)
+
+    def bridge_kl(self, t0, s, t, x0, x0_hat, x_t, generator=None):
+        r"""Where x_t = k, with ρ = P(x_s = k) under each bridge,
+        :math:`ρ_q \log(ρ_q/ρ_p) + (1 − ρ_q) \log((1 − ρ_q) / ((1 − ρ_p)\,\hat p_{x_0}))`;
+        0 elsewhere (both bridges stay at x_t)."""
+        rho_q = self._masking(s - t0) / self._masking(t - t0)
+        rho_p = self._masking(s) / self._masking(t)
+        p = self._probability_of(x0_hat, x0).to(t.dtype)
+        kl = (torch.xlogy(rho_q, rho_q / rho_p)
+              + torch.xlogy(1 - rho_q, (1 - rho_q) / ((1 - rho_p) * p)))
+        return torch.where(x_t == self.k, kl.clamp_min(0), 0.0)

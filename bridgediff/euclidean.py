@@ -1,5 +1,7 @@
 """Euclidean processes: Ornstein-Uhlenbeck and Brownian motion, exact in closed form."""
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -37,6 +39,17 @@ def _eta_step(x0: Tensor, x_t: Tensor, mean, a_s, a_t, v_s, v_t, b, eta: float, 
     if eta == 0:
         return offset + terms[0][0] * x0 + k * x_t
     return _normal(offset, terms, eta * b.sqrt(), x_t, generator)
+
+def _gaussian_log_prob(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+    """log N(x; mean, var), elementwise."""
+    return -0.5 * ((x - mean) ** 2 / var + torch.log(2 * math.pi * var))
+
+
+def _gaussian_kl(mean_q: Tensor, var_q: Tensor, mean_p: Tensor, var_p: Tensor) -> Tensor:
+    """KL(N(mean_q, var_q) || N(mean_p, var_p)), elementwise; r − 1 − log r as x − log1p(x)
+    with x = (var_q − var_p)/var_p, which keeps its precision when the variances are close."""
+    x = (var_q - var_p) / var_p
+    return 0.5 * ((mean_q - mean_p) ** 2 / var_p + x - torch.log1p(x))
 
 
 class _Euclidean(Process):
@@ -119,6 +132,46 @@ class OrnsteinUhlenbeck(_Euclidean):
         return _eta_step(x0, x_t, as_param(self.mean, x_t), a_s, a_t, v_s, v_t,
                          v_s * v_d / v_t, eta, generator)
 
+    # ---------------------------------------------------------------- likelihood (bd.elbo)
+    # Densities with respect to Lebesgue measure; every KL in closed form.
+
+    def _bridge_law(self, s, t, x0, x_t):
+        """Mean and variance of the bridge p(x_s | x_0 = x0, x_t) (see the class docstring)."""
+        a_s, v_s = self._decay_and_variance(s, x_t)
+        a_d, v_d = self._decay_and_variance(t - s, x_t)
+        _, v_t = self._decay_and_variance(t, x_t)
+        alpha, beta = a_s * v_d / v_t, a_d * v_s / v_t
+        mean = alpha * x0 + beta * x_t + as_param(self.mean, x_t) * (1 - alpha - beta)
+        return mean, v_s * v_d / v_t
+
+    def _stationary_variance(self, like: Tensor):
+        return as_param(self.volatility, like) ** 2 / (2 * as_param(self.reversion, like))
+
+    def forward_log_prob(self, t, x0, x_t):
+        a, v = self._decay_and_variance(t, x_t)
+        mu = as_param(self.mean, x_t)
+        return _gaussian_log_prob(x_t, mu + a * (x0 - mu), v)
+
+    def equilibrium_log_prob(self, x):
+        var = torch.zeros_like(x) + self._stationary_variance(x)
+        return _gaussian_log_prob(x, as_param(self.mean, x), var)
+
+    def bridge_log_prob(self, s, t, x0, x_t, x_s):
+        return _gaussian_log_prob(x_s, *self._bridge_law(s, t, x0, x_t))
+
+    def bridge_kl(self, t0, s, t, x0, x0_hat, x_t, generator=None):
+        """KL of two Gaussian bridges, exact (no draw)."""
+        return _gaussian_kl(*self._bridge_law(s - t0, t - t0, x0, x_t),
+                            *self._bridge_law(s, t, x0_hat, x_t))
+
+    def prior_kl(self, t0, T, x0, generator=None):
+        r"""KL(N(μ + a(x0 − μ), v_∞(1 − a²)) || N(μ, v_∞)) with a = e^{−θ(T − t0)}:
+        :math:`\tfrac12 [a^2 (x_0 - μ)^2 / v_∞ - a^2 - \log(1 - a^2)]`."""
+        a, _ = self._decay_and_variance(T - t0, x0)
+        a2, mu = a * a, as_param(self.mean, x0)
+        return 0.5 * (a2 * (x0 - mu) ** 2 / self._stationary_variance(x0) - a2
+                      - torch.log1p(-a2))
+
 
 class BrownianMotion(_Euclidean):
     r"""Brownian motion (variance exploding), elementwise on any float tensor.
@@ -129,7 +182,7 @@ class BrownianMotion(_Euclidean):
     * forward: :math:`x_t \sim N(x_0,\ r t)`;
     * bridge: :math:`x_s \sim N(x_0 + (s/t)(x_t - x_0),\ r s (t - s) / t)`;
     * no equilibrium: start the backward chain from ``sample_forward(P, T, x0)``, the
-      prior N(x0, rT) around a reference point x0.
+      prior N(x0, rT) around a reference point x0 (``bd.elbo`` takes x0 = 0: N(0, rT)).
     """
 
     def __init__(self, rate=1.0):
@@ -156,3 +209,29 @@ class BrownianMotion(_Euclidean):
         r = as_param(self.rate, x_t)
         return _eta_step(x0, x_t, 0.0, 1.0, 1.0, r * s, r * t, r * s * (t - s) / t, eta,
                          generator)
+
+    # ---------------------------------------------------------------- likelihood (bd.elbo)
+    # Densities with respect to Lebesgue measure; every KL in closed form.
+
+    def _bridge_law(self, s, t, x0, x_t):
+        """Mean and variance of the bridge p(x_s | x_0 = x0, x_t)."""
+        return x0 + (s / t) * (x_t - x0), as_param(self.rate, x_t) * s * (t - s) / t
+
+    def forward_log_prob(self, t, x0, x_t):
+        return _gaussian_log_prob(x_t, x0, as_param(self.rate, x_t) * t)
+
+    def bridge_log_prob(self, s, t, x0, x_t, x_s):
+        return _gaussian_log_prob(x_s, *self._bridge_law(s, t, x0, x_t))
+
+    def bridge_kl(self, t0, s, t, x0, x0_hat, x_t, generator=None):
+        """KL of two Gaussian bridges, exact (no draw)."""
+        return _gaussian_kl(*self._bridge_law(s - t0, t - t0, x0, x_t),
+                            *self._bridge_law(s, t, x0_hat, x_t))
+
+    def prior_kl(self, t0, T, x0, generator=None):
+        r"""KL(N(x0, r(T − t0)) || N(0, rT)) per element. Brownian motion has no equilibrium:
+        the chain's start is taken to be **N(0, rT)**, the law of
+        ``sample_forward(P, T, zeros)`` (centre the data, or subclass to override):
+        :math:`\tfrac12 [x_0^2 / (rT) - f - \log(1 - f)]`, f = t0 / T."""
+        f = t0 / T
+        return 0.5 * (x0 ** 2 / (as_param(self.rate, x0) * T) - f - torch.log1p(-f))

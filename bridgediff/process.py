@@ -57,7 +57,29 @@ class Process(abc.ABC):
     ``guide(x0_uncond, x0_cond, w)``        guidance: combine two guesses with weight w
                                             (w = 0: x0_uncond, w = 1: x0_cond; never called
                                             with those) (NotImplementedError)
+
+    ``forward_log_prob(t, x0, x_t)``        log density of ``sample_forward``'s law at x_t,
+                                            per element (NotImplementedError); for ``bd.elbo``
+    ``equilibrium_log_prob(x)``             log density of the stationary law, per element
+                                            (NotImplementedError)
+    ``bridge_log_prob(s, t, x0, x_t,        log density of ``endpoint_conditioned_sample``'s
+    x_s)``                                  law at x_s (by the Markov property from
+                                            ``forward_log_prob``)
+    ``sample_variational(t0, t, T, x0,      x_t from the ELBO's variational law, x0 sitting
+    generator)``                            at time t0 (``sample_forward(t - t0, x0)``)
+    ``bridge_kl(t0, s, t, x0, x0_hat,       KL(p(x_s | x_t0 = x0, x_t) || p(x_s | x_0 =
+    x_t, generator)``                       x0_hat, x_t)) per element (one-draw Monte Carlo
+                                            from ``bridge_log_prob``)
+    ``prior_kl(t0, T, x0, generator)``      KL(variational law of x_T || the chain's start)
+                                            per element (one-draw Monte Carlo from
+                                            ``forward_log_prob``, ``equilibrium_log_prob``)
     ======================================  ==================================================
+
+    The likelihood hooks measure densities per element, with respect to Lebesgue measure for
+    real data, counting measure for discrete states, Lebesgue measure on [-π, π) for angles
+    and the Haar probability measure for rotations; their defaults assume a time-homogeneous
+    process (every built-in one is), and a process without what a default needs raises
+    NotImplementedError naming the hook to implement.
 
     Example::
 
@@ -149,6 +171,51 @@ class Process(abc.ABC):
         fields = ", ".join(f"{k}={_short(v)}" for k, v in vars(self).items()
                            if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
+
+    # ------------------------------------------------------------ likelihood hooks (bd.elbo)
+    # Plain tensors, as for the samplers: times broadcast against the data, results have the
+    # state's shape (no event dimensions). The defaults assume time homogeneity: the law of
+    # x_t given x_r is the forward law for time t - r.
+
+    def forward_log_prob(self, t: Tensor, x0: Tensor, x_t: Tensor) -> Tensor:
+        """log p(x_t | x_0 = x0) per element: the density of ``sample_forward(t, x0)``."""
+        raise NotImplementedError(_missing(self, "forward_log_prob(t, x0, x_t)"))
+
+    def equilibrium_log_prob(self, x: Tensor) -> Tensor:
+        """log density of the stationary law at ``x``, per element."""
+        raise NotImplementedError(_missing(self, "equilibrium_log_prob(x)"))
+
+    def bridge_log_prob(self, s: Tensor, t: Tensor, x0: Tensor, x_t: Tensor,
+                        x_s: Tensor) -> Tensor:
+        """log p(x_s | x_0 = x0, x_t) per element, by the Markov property:
+        log p_s(x0 → x_s) + log p_{t−s}(x_s → x_t) − log p_t(x0 → x_t)."""
+        return (self.forward_log_prob(s, x0, x_s) + self.forward_log_prob(t - s, x_s, x_t)
+                - self.forward_log_prob(t, x0, x_t))
+
+    def sample_variational(self, t0: Tensor, t: Tensor, T: Tensor, x0: Tensor,
+                           generator=None) -> Tensor:
+        """Draw x_t (t0 < t <= T) from the ELBO's variational law given x_{t0} = x0: the
+        forward process run from x0 for t − t0 (a process whose chain starts from a point
+        mass may condition on it, see AbsorbingDiscrete)."""
+        return self.sample_forward(t - t0, x0, generator)
+
+    def bridge_kl(self, t0: Tensor, s: Tensor, t: Tensor, x0: Tensor, x0_hat: Tensor,
+                  x_t: Tensor, generator=None) -> Tensor:
+        """KL(p(x_s | x_{t0} = x0, x_t) || p(x_s | x_0 = x0_hat, x_t)) per element, for
+        t0 < s < t: one draw x_s from the first bridge, log q(x_s) − log p(x_s) (unbiased)."""
+        x_s = self.endpoint_conditioned_sample(s - t0, t - t0, x0, x_t, generator)
+        return (self.bridge_log_prob(s - t0, t - t0, x0, x_t, x_s)
+                - self.bridge_log_prob(s, t, x0_hat, x_t, x_s))
+
+    def prior_kl(self, t0: Tensor, T: Tensor, x0: Tensor, generator=None) -> Tensor:
+        """KL(p(x_T | x_{t0} = x0) || equilibrium) per element: one draw x_T, log q − log π."""
+        x_T = self.sample_forward(T - t0, x0, generator)
+        return self.forward_log_prob(T - t0, x0, x_T) - self.equilibrium_log_prob(x_T)
+
+
+def _missing(process: Process, hook: str) -> str:
+    return (f"{type(process).__name__} has no {hook.split('(')[0]}: implement "
+            f"{hook} (see bd.Process) to use it in bd.elbo")
 
 
 def _short(v) -> str:

@@ -108,6 +108,20 @@ class RotationDiffusion(Process):
         step = roma.rotvec_to_unitquat(w * roma.unitquat_to_rotvec(relative))
         return _unit(roma.quat_product(q_u, step))
 
+    # ---------------------------------------------------------------- likelihood (bd.elbo)
+    # Densities with respect to the Haar probability measure, one per rotation (shape
+    # x.shape[:-1]); bridges and KLs by the defaults (Markov property, Monte Carlo).
+
+    def forward_log_prob(self, t, x0, x_t):
+        """log f_{4rt}(∠(x0⁻¹ x_t)), the IGSO(3) Haar density (computed in float64)."""
+        t = t.double()
+        eps2 = 4 * as_param(self.rate, t) * (t[..., 0] if t.ndim > 0 else t)
+        angle = _igso3.relative_angle(_unit64(x0), _unit64(x_t))
+        return _igso3.log_density(angle, eps2.expand_as(angle)).to(x_t.dtype)
+
+    def equilibrium_log_prob(self, x):
+        return torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
+
 
 def igso3_angle_pdf(omega, eps2) -> Tensor:
     r"""Density of the rotation angle ω ∈ [0, π] of an IGSO(3) rotation with parameter ε².

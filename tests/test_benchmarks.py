@@ -54,6 +54,9 @@ def test_quick_run_writes_valid_records(bench, tmp_path, capsys):
         assert len(quality[name]) == len(quality["steps"])
         assert all(math.isfinite(w) and w > 0 for w in quality[name])
     assert all(math.isfinite(w) and w > 0 for w in quality["exact iid sample"])
+    nelbo = quality["negative ELBO (nats), guess = posterior mean"]
+    assert len(nelbo) == len(quality["steps"]) and all(math.isfinite(v) for v in nelbo)
+    assert min(nelbo) > quality["exact -log p(x0)"] - 0.1      # a bound, up to its noise
     assert (tmp_path / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
