@@ -32,6 +32,7 @@ class TimeChanged(Process):
       (``forward_transition``) from s to t: P's from τ(s) to τ(t); eta-steps (when P has
       them): P's at (τ(s), τ(t)). All exact, for any process P, custom ones included;
     * equilibrium, state checks, ``event_ndim``, ``k``, the loss and guidance: P's;
+    * likelihoods (``bd.elbo``): P's densities and KLs with every time mapped by τ;
     * the loss scaler follows the clock: ``scaler(t) = P.scaler(τ(t))``.
 
     Args:
@@ -128,6 +129,30 @@ class TimeChanged(Process):
 
     def guide(self, x0_uncond, x0_cond, w):
         return self.process.guide(x0_uncond, x0_cond, w)
+
+    # ------------------------------------------------------------ likelihood (bd.elbo)
+    # Every time is absolute, so each maps through the clock; P is homogeneous on its own.
+
+    def forward_log_prob(self, t, x0, x_t):
+        return self.process.forward_log_prob(self.clock(t), x0, x_t)
+
+    def equilibrium_log_prob(self, x):
+        return self.process.equilibrium_log_prob(x)
+
+    def bridge_log_prob(self, s, t, x0, x_t, x_s):
+        us, ut = self._clocks(s, t)
+        return self.process.bridge_log_prob(us, ut, x0, x_t, x_s)
+
+    def sample_variational(self, t0, t, T, x0, generator=None):
+        return self.process.sample_variational(self.clock(t0, "t0"), self.clock(t),
+                                               self.clock(T, "T"), x0, generator)
+
+    def bridge_kl(self, t0, s, t, x0, x0_hat, x_t, generator=None):
+        us, ut = self._clocks(s, t)
+        return self.process.bridge_kl(self.clock(t0, "t0"), us, ut, x0, x0_hat, x_t, generator)
+
+    def prior_kl(self, t0, T, x0, generator=None):
+        return self.process.prior_kl(self.clock(t0, "t0"), self.clock(T, "T"), x0, generator)
 
 
 # ---------------------------------------------------------------- DDPM's discrete schedules

@@ -259,3 +259,23 @@ def test_time_changes_keep_float32_and_float64():
 def test_bad_clocks_raise_naming_the_argument(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+@pytest.mark.parametrize("base", [VP, bd.UniformDiscrete(2.0, 3)], ids=["OU", "uniform"])
+def test_the_elbo_of_a_time_change_is_the_base_elbo_on_the_changed_grid(base):
+    """bd.elbo of TimeChanged(P, τ) on grid t equals bd.elbo of P on grid τ(t), with the guess
+    seeing its own clock: the likelihood hooks map every time through τ."""
+    tau = lambda t: 3.0 * t + t ** 2
+    P = bd.TimeChanged(base, tau)
+    grid = torch.linspace(0.05, 1.0, 6, dtype=torch.float64)
+    x0 = (torch.randn(200, 2, generator=gen(60), dtype=torch.float64) if base is VP
+          else torch.randint(0, 3, (200, 2), generator=gen(60)))
+
+    def guess(x, t):
+        if x.is_floating_point():
+            return 0.5 * x * torch.exp(-0.5 * t)
+        return torch.softmax(torch.stack([x == j for j in range(3)], -1).double() * t, -1)
+
+    changed = bd.elbo(lambda x, t: guess(x, tau(t)), P, x0, grid, generator=gen(61))
+    plain = bd.elbo(guess, base, x0, tau(grid), generator=gen(61))
+    torch.testing.assert_close(changed, plain, rtol=1e-6, atol=1e-6)  # discrete times are float32
