@@ -40,6 +40,7 @@ def _eta_step(x0: Tensor, x_t: Tensor, mean, a_s, a_t, v_s, v_t, b, eta: float, 
         return offset + terms[0][0] * x0 + k * x_t
     return _normal(offset, terms, eta * b.sqrt(), x_t, generator)
 
+
 def _gaussian_log_prob(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
     """log N(x; mean, var), elementwise."""
     return -0.5 * ((x - mean) ** 2 / var + torch.log(2 * math.pi * var))
@@ -101,16 +102,21 @@ class OrnsteinUhlenbeck(_Euclidean):
         a, v = self._decay_and_variance(t, x0)
         return _normal(as_param(self.mean, x0) * (1 - a), [(a, x0)], v.sqrt(), x0, generator)
 
-    def endpoint_conditioned_sample(self, s, t, x0, x_t, generator=None):
-        # The mean m_s + a_{t-s} v_s / v_t (x_t - m_t) is α x0 + β x_t + μ(1 - α - β) with
-        # α = a_s v_{t-s} / v_t and β = a_{t-s} v_s / v_t (using v_t = a_{t-s}² v_s + v_{t-s}).
-        a_s, v_s = self._decay_and_variance(s, x_t)
-        a_d, v_d = self._decay_and_variance(t - s, x_t)
-        _, v_t = self._decay_and_variance(t, x_t)
+    def _bridge_coefficients(self, s, t, like: Tensor):
+        """(α, β, offset, variance) of the bridge: x_s ~ N(α x0 + β x_t + offset, variance).
+
+        The mean m_s + a_{t-s} v_s / v_t (x_t - m_t) is α x0 + β x_t + μ(1 - α - β) with
+        α = a_s v_{t-s} / v_t and β = a_{t-s} v_s / v_t (using v_t = a_{t-s}² v_s + v_{t-s}).
+        """
+        a_s, v_s = self._decay_and_variance(s, like)
+        a_d, v_d = self._decay_and_variance(t - s, like)
+        _, v_t = self._decay_and_variance(t, like)
         alpha, beta = a_s * v_d / v_t, a_d * v_s / v_t
-        offset = as_param(self.mean, x_t) * (1 - alpha - beta)
-        return _normal(offset, [(alpha, x0), (beta, x_t)], (v_s * v_d / v_t).sqrt(), x_t,
-                       generator)
+        return alpha, beta, as_param(self.mean, like) * (1 - alpha - beta), v_s * v_d / v_t
+
+    def endpoint_conditioned_sample(self, s, t, x0, x_t, generator=None):
+        alpha, beta, offset, var = self._bridge_coefficients(s, t, x_t)
+        return _normal(offset, [(alpha, x0), (beta, x_t)], var.sqrt(), x_t, generator)
 
     def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
         dtype = dtype or torch.get_default_dtype()
@@ -137,12 +143,8 @@ class OrnsteinUhlenbeck(_Euclidean):
 
     def _bridge_law(self, s, t, x0, x_t):
         """Mean and variance of the bridge p(x_s | x_0 = x0, x_t) (see the class docstring)."""
-        a_s, v_s = self._decay_and_variance(s, x_t)
-        a_d, v_d = self._decay_and_variance(t - s, x_t)
-        _, v_t = self._decay_and_variance(t, x_t)
-        alpha, beta = a_s * v_d / v_t, a_d * v_s / v_t
-        mean = alpha * x0 + beta * x_t + as_param(self.mean, x_t) * (1 - alpha - beta)
-        return mean, v_s * v_d / v_t
+        alpha, beta, offset, var = self._bridge_coefficients(s, t, x_t)
+        return alpha * x0 + beta * x_t + offset, var
 
     def _stationary_variance(self, like: Tensor):
         return as_param(self.volatility, like) ** 2 / (2 * as_param(self.reversion, like))
