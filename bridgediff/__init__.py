@@ -6,7 +6,7 @@ steps backward by drawing x_s from the bridge p(x_s | x0 = x0_hat, x_t).
 
 from .circle import WrappedBrownian, WrappedInterpolatedBrownian
 from .discrete import AbsorbingDiscrete, GeneralDiscrete, IndependentDiscrete, UniformDiscrete
-from .euclidean import BrownianMotion, OrnsteinUhlenbeck
+from .euclidean import BrownianMotion, CenteredOrnsteinUhlenbeck, OrnsteinUhlenbeck
 from .features import RandomFourierFeatures
 from .losses import standard_loss
 from .masked import Masked, masked
@@ -16,6 +16,7 @@ from .sampling import (Tracker, endpoint_conditioned_sample, sample_backward,
                        sample_equilibrium, sample_forward)
 from .schedules import time_schedule
 from .selfcond import SelfConditioned, self_conditioning_input
+from .sphere import SphereBrownian
 
 __version__ = "0.1.0"
 
@@ -28,7 +29,7 @@ __all__ = [
     # processes
     "Process", "OrnsteinUhlenbeck", "BrownianMotion", "UniformDiscrete", "IndependentDiscrete",
     "GeneralDiscrete", "AbsorbingDiscrete", "WrappedBrownian", "WrappedInterpolatedBrownian",
-    "RotationDiffusion",
+    "RotationDiffusion", "SphereBrownian", "CenteredOrnsteinUhlenbeck",
     # rotation helpers
     "igso3_angle_pdf", "igso3_angle_cdf",
 ]

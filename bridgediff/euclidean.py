@@ -6,7 +6,7 @@ from torch import Tensor
 from ._util import as_param, positive, randn, real, require_float
 from .process import Process
 
-__all__ = ["OrnsteinUhlenbeck", "BrownianMotion"]
+__all__ = ["OrnsteinUhlenbeck", "BrownianMotion", "CenteredOrnsteinUhlenbeck"]
 
 
 def _normal(offset: Tensor, terms, sd: Tensor, like: Tensor, generator) -> Tensor:
@@ -112,3 +112,77 @@ class BrownianMotion(_Euclidean):
 
     def scaler(self, t):
         return (-torch.expm1(-as_param(self.rate, t) * t)).sqrt()
+
+
+class CenteredOrnsteinUhlenbeck(OrnsteinUhlenbeck):
+    r"""Ornstein-Uhlenbeck with zero centre of mass over one dimension, for positions such as
+    residues (B, L, 3) with ``dim=-2``.
+
+    With P = I − 11ᵀ/L the projector onto the zero-mean subspace of dimension ``dim`` (size L),
+    the process is dX = −θ P X dt + σ P dW: the centroid c = mean_dim(X) never moves, and the
+    centred part Y = X − c is an OU process with mean 0 on the subspace. With a_u, v_u as for
+    :class:`OrnsteinUhlenbeck` and ε ~ N(0, I), Pε = ε − mean_dim(ε) has covariance P per
+    coordinate, so
+
+    * forward: :math:`x_t = c_0 + a_t (x_0 - c_0) + \sqrt{v_t}\, P\varepsilon`;
+    * bridge: :math:`x_s = c_t + \alpha (x_0 - c_0) + \beta (x_t - c_t)
+      + \sqrt{v_s v_{t-s}/v_t}\, P\varepsilon` with α, β the OU bridge weights (mean 0);
+      the result has x_t's centroid c_t (x0's own centroid c_0 is ignored);
+    * equilibrium: centroid 0 and :math:`\sqrt{\sigma^2/(2\theta)}\, P\varepsilon`.
+
+    Outputs hold the input's centroid exactly, up to float rounding. The loss and scaler are
+    :class:`OrnsteinUhlenbeck`'s (squared error, √(1 − e^{−θt})).
+
+    Masks are elementwise (event_ndim 0): the free functions keep unmasked elements at their
+    given values after the process has drawn all of them, so with a mask the centroid of the
+    result is in general *not* the input's; centre the data on the residues you hold fixed
+    before and after sampling if you need it exact.
+    """
+
+    def __init__(self, volatility=1.0, reversion=0.5, dim=-2):
+        super().__init__(0.0, volatility, reversion)
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+        self.dim = dim
+
+    def check_state(self, x: Tensor, name: str) -> None:
+        super().check_state(x, name)
+        if not -x.ndim <= self.dim < x.ndim:
+            raise ValueError(f"{name} has {x.ndim} dimensions, so dim={self.dim} of "
+                             f"{type(self).__name__} is out of range")
+        if x.shape[self.dim] < 2:
+            raise ValueError(f"{name} must have at least 2 elements along dim={self.dim} (the "
+                             f"centre of mass of one element cannot move), got shape "
+                             f"{tuple(x.shape)}")
+
+    def _centroid(self, x: Tensor) -> Tensor:
+        return x.mean(dim=self.dim, keepdim=True)
+
+    def _projected_noise(self, like: Tensor, generator) -> Tensor:
+        eps = randn(like, generator)
+        return eps - self._centroid(eps)
+
+    def sample_forward(self, t, x0, generator=None):
+        a, v = self._decay_and_variance(t, x0)
+        c0 = self._centroid(x0)
+        return torch.addcmul(c0 + a * (x0 - c0), v.sqrt(), self._projected_noise(x0, generator))
+
+    def endpoint_conditioned_sample(self, s, t, x0, x_t, generator=None):
+        a_s, v_s = self._decay_and_variance(s, x_t)
+        a_d, v_d = self._decay_and_variance(t - s, x_t)
+        _, v_t = self._decay_and_variance(t, x_t)
+        alpha, beta = a_s * v_d / v_t, a_d * v_s / v_t
+        x0 = x0.to(x_t.dtype)
+        c0, c_t = self._centroid(x0), self._centroid(x_t)
+        mean = c_t + alpha * (x0 - c0) + beta * (x_t - c_t)
+        return torch.addcmul(mean, (v_s * v_d / v_t).sqrt(), self._projected_noise(x_t, generator))
+
+    def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
+        shape = torch.Size(shape)
+        if not -len(shape) <= self.dim < len(shape) or shape[self.dim] < 2:
+            raise ValueError(f"shape must have at least 2 elements along dim={self.dim}, got "
+                             f"{tuple(shape)}")
+        z = torch.randn(shape, generator=generator, device=device,
+                        dtype=dtype or torch.get_default_dtype())
+        sd = as_param(self.volatility, z) / (2 * as_param(self.reversion, z)) ** 0.5
+        return sd * (z - self._centroid(z))
