@@ -140,7 +140,9 @@ class CenteredOrnsteinUhlenbeck(OrnsteinUhlenbeck):
     """
 
     def __init__(self, volatility=1.0, reversion=0.5, dim=-2):
-        super().__init__(0.0, volatility, reversion)
+        # no ``mean``: the centred part reverts to 0, the centroid stays where it is
+        self.volatility = positive("volatility", volatility)
+        self.reversion = positive("reversion", reversion)
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise TypeError(f"dim must be an int, got {type(dim).__name__}")
         self.dim = dim

@@ -42,7 +42,8 @@ def whitened_chi2(noise, var):
 
 
 def positions(n, g, dtype=torch.float64):
-    return 2 * torch.randn(n, L, 3, generator=g, dtype=dtype) + torch.tensor([5.0, -1.0, 2.0], dtype=dtype)
+    offset = torch.tensor([5.0, -1.0, 2.0], dtype=dtype)
+    return 2 * torch.randn(n, L, 3, generator=g, dtype=dtype) + offset
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
