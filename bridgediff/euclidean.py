@@ -1,4 +1,5 @@
-"""Euclidean processes: Ornstein-Uhlenbeck and Brownian motion, exact in closed form."""
+"""Euclidean processes: Ornstein-Uhlenbeck (also with zero centre of mass) and Brownian motion,
+exact in closed form."""
 
 import torch
 from torch import Tensor

@@ -105,7 +105,8 @@ def _fibre(sh: Tensor, ch: Tensor, tau: Tensor, slope: bool):
     omega = 2 * torch.atan2(s_om, c_om)             # > 0: the midpoints avoid α = 0
     t = tau[..., None]
     log_g = torch.log(omega / s_om) - omega * omega / (2 * t)
-    log_p = (torch.logsumexp(log_g, -1) + torch.log(A / _NODES) - 0.5 * math.log(2)
+    log_sum = torch.logsumexp(log_g, -1)
+    log_p = (log_sum + torch.log(A / _NODES) - 0.5 * math.log(2)
              + tau / 8 - 1.5 * torch.log(tau) - _LOG_NORMALISER)
     if not slope:
         return log_p
@@ -113,16 +114,17 @@ def _fibre(sh: Tensor, ch: Tensor, tau: Tensor, slope: bool):
     cot = c_om / s_om
     v = (ch * ch).clamp_min(1e-300)[..., None]
     derivative = (omega * cot / t - _q_cot(omega, cot)) / (2 * v)
-    return log_p, (torch.softmax(log_g, -1) * derivative).sum(-1)
+    weights = torch.exp(log_g - log_sum[..., None])
+    return log_p, (weights * derivative).sum(-1)
 
 
 def _q_cot(omega: Tensor, cot: Tensor) -> Tensor:
-    """(1/ω − cot(ω/2)/2)·cot(ω/2), by its Taylor series below ω = 0.25 (no cancellation)."""
+    """(1/ω − cot(ω/2)/2)·cot(ω/2), by its Taylor series below ω = 0.1 (the next term,
+    ω⁸/2395008, is below 5e-15 there; above it the direct form loses at most 1e-13)."""
     o2 = omega * omega
-    series = 1 / 6 - o2 * (1 / 90 + o2 * (1 / 2520 + o2 * (1 / 75600 + o2 * (
-        1 / 2395008 + o2 * 691 / 54486432000))))
+    series = 1 / 6 - o2 * (1 / 90 + o2 * (1 / 2520 + o2 / 75600))
     direct = (1 / omega - cot / 2) * cot
-    return torch.where(omega < 0.25, series, direct)
+    return torch.where(omega < 0.1, series, direct)
 
 
 # ---------------------------------------------------------------- geometry
