@@ -54,13 +54,13 @@ _CHUNK = 1 << 15          # kernel evaluations on the CPU run in chunks of this 
 
 # ---------------------------------------------------------------- the heat kernel
 
-def log_heat(half_sin: Tensor, half_cos: Tensor, tau: Tensor, slope: bool = False):
+def _log_heat(half_sin: Tensor, half_cos: Tensor, tau: Tensor, slope: bool = False):
     """log p_τ at the angle θ with sin(θ/2) = ``half_sin``, cos(θ/2) = ``half_cos`` (both ≥ 0),
     float64 tensors of one shape; with ``slope`` also λ = d log p_τ/dz (z = cos θ), which is
     accurate for θ ≤ π − 1e-3 (at the antipode it is 0/0 and is not computed)."""
     if half_sin.device.type == "cpu" and half_sin.numel() > _CHUNK:
         # elementwise, so chunks give the same numbers; (chunk, _NODES) temporaries stay in cache
-        parts = [log_heat(*args, slope=slope) for args in
+        parts = [_log_heat(*args, slope=slope) for args in
                  zip(*(x.reshape(-1).split(_CHUNK) for x in (half_sin, half_cos, tau)))]
         if slope:
             return tuple(torch.cat(p).reshape(half_sin.shape) for p in zip(*parts))
@@ -329,7 +329,7 @@ class _RingEnvelope:
 
 
 def _log_heat_at(theta: Tensor, tau: Tensor):
-    return log_heat(torch.sin(theta / 2), torch.cos(theta / 2), tau, slope=True)
+    return _log_heat(torch.sin(theta / 2), torch.cos(theta / 2), tau, slope=True)
 
 
 def _log_flat_lower_bound(sh: Tensor, ch: Tensor, tau: Tensor) -> Tensor:
@@ -351,11 +351,11 @@ def _accept(x: Tensor, envelope, rows, generator) -> Tensor:
     log_u = torch.log(torch.rand(log_envelope.shape, generator=generator,
                                  dtype=log_envelope.dtype, device=log_envelope.device))
     if not use_host_path(log_envelope):
-        return log_u < sum(log_heat(*f) for f in factors) - log_envelope
+        return log_u < sum(_log_heat(*f) for f in factors) - log_envelope
     accepted = log_u < sum(_log_flat_lower_bound(*f) for f in factors) - log_envelope
     todo = (~accepted).nonzero().squeeze(1)
     if todo.numel():
-        exact = sum(log_heat(*(part[todo] for part in f)) for f in factors)
+        exact = sum(_log_heat(*(part[todo] for part in f)) for f in factors)
         accepted[todo] = log_u[todo] < exact - log_envelope[todo]
     return accepted
 
