@@ -6,7 +6,7 @@ steps backward by drawing x_s from the bridge p(x_s | x0 = x0_hat, x_t).
 
 from .circle import WrappedBrownian, WrappedInterpolatedBrownian
 from .discrete import AbsorbingDiscrete, GeneralDiscrete, IndependentDiscrete, UniformDiscrete
-from .euclidean import BrownianMotion, OrnsteinUhlenbeck
+from .euclidean import BrownianMotion, CenteredOrnsteinUhlenbeck, OrnsteinUhlenbeck
 from .features import RandomFourierFeatures
 from .guidance import Guided
 from .likelihood import elbo
@@ -19,6 +19,7 @@ from .sampling import (Tracker, endpoint_conditioned_sample, sample_backward,
                        sample_equilibrium, sample_forward)
 from .schedules import time_schedule
 from .selfcond import SelfConditioned, self_conditioning_input
+from .sphere import SphereBrownian
 from .timechange import AlphaBarSchedule, LogLinearMasking, TimeChanged, ddpm_schedule
 from . import testing  # noqa: E402  (after the processes it checks)
 
@@ -33,7 +34,7 @@ __all__ = [
     # processes
     "Process", "OrnsteinUhlenbeck", "BrownianMotion", "UniformDiscrete", "IndependentDiscrete",
     "GeneralDiscrete", "AbsorbingDiscrete", "WrappedBrownian", "WrappedInterpolatedBrownian",
-    "RotationDiffusion",
+    "RotationDiffusion", "SphereBrownian", "CenteredOrnsteinUhlenbeck",
     # time changes and ready-made clocks
     "TimeChanged", "AlphaBarSchedule", "ddpm_schedule", "LogLinearMasking",
     # rotation helpers

@@ -1,4 +1,5 @@
-"""Euclidean processes: Ornstein-Uhlenbeck and Brownian motion, exact in closed form."""
+"""Euclidean processes: Ornstein-Uhlenbeck (also with zero centre of mass) and Brownian motion,
+exact in closed form."""
 
 import math
 
@@ -8,7 +9,7 @@ from torch import Tensor
 from ._util import as_param, on_host, positive, randn, real, require_float
 from .process import Process
 
-__all__ = ["OrnsteinUhlenbeck", "BrownianMotion"]
+__all__ = ["OrnsteinUhlenbeck", "BrownianMotion", "CenteredOrnsteinUhlenbeck"]
 
 
 def _normal(offset: Tensor, terms, sd: Tensor, like: Tensor, generator) -> Tensor:
@@ -22,7 +23,8 @@ def _normal(offset: Tensor, terms, sd: Tensor, like: Tensor, generator) -> Tenso
     return out
 
 
-def _eta_step(x0: Tensor, x_t: Tensor, mean, a_s, a_t, v_s, v_t, b, eta: float, generator):
+def _eta_step(x0: Tensor, x_t: Tensor, mean, a_s, a_t, v_s, v_t, b, eta: float, generator,
+              noise=randn):
     r"""The eta-step of a Gaussian process whose forward law is N(m_u(x0), v_u) with
     m_u(x0) = μ + a_u (x0 − μ), and whose bridge from t to s has variance b:
 
@@ -31,26 +33,29 @@ def _eta_step(x0: Tensor, x_t: Tensor, mean, a_s, a_t, v_s, v_t, b, eta: float, 
 
     If x_t ~ N(m_t, v_t) then x_s ~ N(m_s, v_s) for every eta in [0, 1]; eta = 1 is the bridge,
     eta = 0 draws nothing (DDIM). (v_s − η² b) / v_t is formed as (v_s / v_t)(1 − η² b / v_s),
-    free of cancellation for eta < 1.
+    free of cancellation for eta < 1. ``noise(like, generator)`` draws z (standard normal).
     """
     k = (v_s / v_t * (1 - eta ** 2 * b / v_s)).sqrt()
     offset = mean * (1 - a_s - k * (1 - a_t))
-    terms = [(a_s - k * a_t, x0), (k, x_t)]
+    deterministic = offset + (a_s - k * a_t) * x0 + k * x_t
     if eta == 0:
-        return offset + terms[0][0] * x0 + k * x_t
-    return _normal(offset, terms, eta * b.sqrt(), x_t, generator)
+        return deterministic
+    return torch.addcmul(deterministic, eta * b.sqrt(), noise(x_t, generator))
 
 
-def _gaussian_log_prob(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-    """log N(x; mean, var), elementwise."""
-    return -0.5 * ((x - mean) ** 2 / var + torch.log(2 * math.pi * var))
+def _gaussian_log_prob(x: Tensor, mean: Tensor, var: Tensor, dims=1.0) -> Tensor:
+    """log N(x; mean, var) elementwise, for ``dims`` dimensions per element (fewer than 1 when
+    the law lives on a subspace: its log density summed over the elements is right)."""
+    return -0.5 * ((x - mean) ** 2 / var + dims * torch.log(2 * math.pi * var))
 
 
-def _gaussian_kl(mean_q: Tensor, var_q: Tensor, mean_p: Tensor, var_p: Tensor) -> Tensor:
-    """KL(N(mean_q, var_q) || N(mean_p, var_p)), elementwise; r − 1 − log r as x − log1p(x)
-    with x = (var_q − var_p)/var_p, which keeps its precision when the variances are close."""
+def _gaussian_kl(mean_q: Tensor, var_q: Tensor, mean_p: Tensor, var_p: Tensor,
+                 dims=1.0) -> Tensor:
+    """KL(N(mean_q, var_q) || N(mean_p, var_p)) elementwise, ``dims`` dimensions per element;
+    r − 1 − log r as x − log1p(x) with x = (var_q − var_p)/var_p, which keeps its precision
+    when the variances are close."""
     x = (var_q - var_p) / var_p
-    return 0.5 * ((mean_q - mean_p) ** 2 / var_p + x - torch.log1p(x))
+    return 0.5 * ((mean_q - mean_p) ** 2 / var_p + dims * (x - torch.log1p(x)))
 
 
 class _Euclidean(Process):
@@ -139,40 +144,47 @@ class OrnsteinUhlenbeck(_Euclidean):
                          v_s * v_d / v_t, eta, generator)
 
     # ---------------------------------------------------------------- likelihood (bd.elbo)
-    # Densities with respect to Lebesgue measure; every KL in closed form.
+    # Densities with respect to Lebesgue measure; every KL in closed form. Subclasses whose
+    # laws are Gaussian on a subspace override the three laws and ``_dims``.
+
+    def _forward_law(self, t, x0):
+        """Mean and variance of the forward law p(x_t | x_0 = x0)."""
+        a, v = self._decay_and_variance(t, x0)
+        mu = as_param(self.mean, x0)
+        return mu + a * (x0 - mu), v
 
     def _bridge_law(self, s, t, x0, x_t):
         """Mean and variance of the bridge p(x_s | x_0 = x0, x_t) (see the class docstring)."""
         alpha, beta, offset, var = self._bridge_coefficients(s, t, x_t)
         return alpha * x0 + beta * x_t + offset, var
 
-    def _stationary_variance(self, like: Tensor):
-        return as_param(self.volatility, like) ** 2 / (2 * as_param(self.reversion, like))
+    def _stationary_law(self, like: Tensor):
+        """Mean and variance of the equilibrium, broadcasting against ``like``."""
+        var = as_param(self.volatility, like) ** 2 / (2 * as_param(self.reversion, like))
+        return torch.full_like(like, as_param(self.mean, like)), torch.full_like(like, var)
+
+    def _dims(self, x: Tensor) -> float:
+        """Dimensions per element of the space the laws live on."""
+        return 1.0
 
     def forward_log_prob(self, t, x0, x_t):
-        a, v = self._decay_and_variance(t, x_t)
-        mu = as_param(self.mean, x_t)
-        return _gaussian_log_prob(x_t, mu + a * (x0 - mu), v)
+        return _gaussian_log_prob(x_t, *self._forward_law(t, x0.to(x_t.dtype)), self._dims(x_t))
 
     def equilibrium_log_prob(self, x):
-        var = torch.zeros_like(x) + self._stationary_variance(x)
-        return _gaussian_log_prob(x, as_param(self.mean, x), var)
+        return _gaussian_log_prob(x, *self._stationary_law(x), self._dims(x))
 
     def bridge_log_prob(self, s, t, x0, x_t, x_s):
-        return _gaussian_log_prob(x_s, *self._bridge_law(s, t, x0, x_t))
+        return _gaussian_log_prob(x_s, *self._bridge_law(s, t, x0, x_t), self._dims(x_s))
 
     def bridge_kl(self, t0, s, t, x0, x0_hat, x_t, generator=None):
         """KL of two Gaussian bridges, exact (no draw)."""
         return _gaussian_kl(*self._bridge_law(s - t0, t - t0, x0, x_t),
-                            *self._bridge_law(s, t, x0_hat, x_t))
+                            *self._bridge_law(s, t, x0_hat, x_t), self._dims(x_t))
 
     def prior_kl(self, t0, T, x0, generator=None):
-        r"""KL(N(μ + a(x0 − μ), v_∞(1 − a²)) || N(μ, v_∞)) with a = e^{−θ(T − t0)}:
-        :math:`\tfrac12 [a^2 (x_0 - μ)^2 / v_∞ - a^2 - \log(1 - a^2)]`."""
-        a, _ = self._decay_and_variance(T - t0, x0)
-        a2, mu = a * a, as_param(self.mean, x0)
-        return 0.5 * (a2 * (x0 - mu) ** 2 / self._stationary_variance(x0) - a2
-                      - torch.log1p(-a2))
+        """KL(q(x_T | x_{t0} = x0) || equilibrium), exact (no draw)."""
+        return _gaussian_kl(*self._forward_law(T - t0, x0), *self._stationary_law(x0),
+                            self._dims(x0))
 
 
 class BrownianMotion(_Euclidean):
@@ -237,3 +249,108 @@ class BrownianMotion(_Euclidean):
         :math:`\tfrac12 [x_0^2 / (rT) - f - \log(1 - f)]`, f = t0 / T."""
         f = t0 / T
         return 0.5 * (x0 ** 2 / (as_param(self.rate, x0) * T) - f - torch.log1p(-f))
+
+
+class CenteredOrnsteinUhlenbeck(OrnsteinUhlenbeck):
+    r"""Ornstein-Uhlenbeck with zero centre of mass over one dimension, for positions such as
+    residues (B, L, 3) with ``dim=-2``.
+
+    With P = I − 11ᵀ/L the projector onto the zero-mean subspace of dimension ``dim`` (size L),
+    the process is dX = −θ P X dt + σ P dW: the centroid c = mean_dim(X) never moves, and the
+    centred part Y = X − c is an OU process with mean 0 on the subspace. With a_u, v_u as for
+    :class:`OrnsteinUhlenbeck` and ε ~ N(0, I), Pε = ε − mean_dim(ε) has covariance P per
+    coordinate, so
+
+    * forward: :math:`x_t = c_0 + a_t (x_0 - c_0) + \sqrt{v_t}\, P\varepsilon`;
+    * bridge: :math:`x_s = c_t + \alpha (x_0 - c_0) + \beta (x_t - c_t)
+      + \sqrt{v_s v_{t-s}/v_t}\, P\varepsilon` with α, β the OU bridge weights (mean 0);
+      the result has x_t's centroid c_t (x0's own centroid c_0 is ignored);
+    * equilibrium: centroid 0 and :math:`\sqrt{\sigma^2/(2\theta)}\, P\varepsilon`.
+
+    Outputs hold the input's centroid exactly, up to float rounding. The loss and scaler are
+    :class:`OrnsteinUhlenbeck`'s (squared error, √(1 − e^{−θt})); the eta-steps are OU's on
+    the centred part (with projected noise). Likelihoods (``bd.elbo``) are of the centred
+    part given the centroid: densities with respect to Lebesgue measure on the affine
+    subspace of the data's centroid (L − 1 dimensions per coordinate), the equilibrium taken
+    with that centroid.
+
+    Masks are elementwise (event_ndim 0): the free functions keep unmasked elements at their
+    given values after the process has drawn all of them, so with a mask the centroid of the
+    result is in general *not* the input's; centre the data on the residues you hold fixed
+    before and after sampling if you need it exact.
+    """
+
+    mean = 0.0  # OU's formulas with μ = 0 serve the centred part; the centroid stays put
+
+    def __init__(self, volatility=1.0, reversion=0.5, dim=-2):
+        self.volatility = positive("volatility", volatility)
+        self.reversion = positive("reversion", reversion)
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+        self.dim = dim
+
+    def check_state(self, x: Tensor, name: str) -> None:
+        super().check_state(x, name)
+        if not -x.ndim <= self.dim < x.ndim:
+            raise ValueError(f"{name} has {x.ndim} dimensions, so dim={self.dim} of "
+                             f"{type(self).__name__} is out of range")
+        if x.shape[self.dim] < 2:
+            raise ValueError(f"{name} must have at least 2 elements along dim={self.dim} (the "
+                             f"centre of mass of one element cannot move), got shape "
+                             f"{tuple(x.shape)}")
+
+    def _centroid(self, x: Tensor) -> Tensor:
+        return x.mean(dim=self.dim, keepdim=True)
+
+    def _projected_noise(self, like: Tensor, generator) -> Tensor:
+        eps = randn(like, generator)
+        return eps - self._centroid(eps)
+
+    def _forward_law(self, t, x0):
+        a, v = self._decay_and_variance(t, x0)
+        c0 = self._centroid(x0)
+        return c0 + a * (x0 - c0), v
+
+    def _bridge_law(self, s, t, x0, x_t):
+        alpha, beta, _, var = self._bridge_coefficients(s, t, x_t)
+        x0 = x0.to(x_t.dtype)
+        c_t = self._centroid(x_t)
+        return c_t + alpha * (x0 - self._centroid(x0)) + beta * (x_t - c_t), var
+
+    def _stationary_law(self, like: Tensor):
+        """The equilibrium with its centroid at ``like``'s: the laws are conditioned on it."""
+        _, var = super()._stationary_law(like)
+        return self._centroid(like).expand_as(like), var
+
+    def _dims(self, x: Tensor) -> float:
+        return 1 - 1 / x.shape[self.dim]
+
+    def sample_forward(self, t, x0, generator=None):
+        mean, var = self._forward_law(t, x0)
+        return torch.addcmul(mean, var.sqrt(), self._projected_noise(x0, generator))
+
+    def endpoint_conditioned_sample(self, s, t, x0, x_t, generator=None):
+        mean, var = self._bridge_law(s, t, x0, x_t)
+        return torch.addcmul(mean, var.sqrt(), self._projected_noise(x_t, generator))
+
+    def eta_bridge(self, s, t, x0, x_t, eta, generator=None):
+        """OU's eta-step on the centred parts, with projected noise; x_t's centroid kept."""
+        a_s, v_s = self._decay_and_variance(s, x_t)
+        a_t, v_t = self._decay_and_variance(t, x_t)
+        _, v_d = self._decay_and_variance(t - s, x_t)
+        x0, c_t = x0.to(x_t.dtype), self._centroid(x_t)
+        return c_t + _eta_step(x0 - self._centroid(x0), x_t - c_t, 0.0, a_s, a_t, v_s, v_t,
+                               v_s * v_d / v_t, eta, generator, noise=self._projected_noise)
+
+    def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
+        shape = torch.Size(shape)
+        if not -len(shape) <= self.dim < len(shape) or shape[self.dim] < 2:
+            raise ValueError(f"shape must have at least 2 elements along dim={self.dim}, got "
+                             f"{tuple(shape)}")
+        dtype = dtype or torch.get_default_dtype()
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point dtype for {type(self).__name__}, "
+                            f"got {dtype}")
+        z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        sd = as_param(self.volatility, z) / (2 * as_param(self.reversion, z)) ** 0.5
+        return sd * (z - self._centroid(z))

@@ -5,8 +5,9 @@ tests identities that hold for any correct process, whatever its space, with no 
 its laws (x0 ~ ``sample_x0``, each identity an equality in law of two independent samples):
 
 * **bridge**: x_t ~ forward(t, x0), x_s ~ bridge(s, t, x0, x_t) gives the same joint law of
-  (x0, x_s, x_t) as x_s ~ forward(s, x0), x_t ~ forward(t − s, x_s);
-* **semigroup**: forward(t − s) applied to x_s ~ forward(s, x0) is forward(t, x0);
+  (x0, x_s, x_t) as x_s ~ forward(s, x0), x_t ~ p(x_t | x_s), the process's
+  ``forward_transition`` from s to t (forward(t − s) for a time-homogeneous process);
+* **semigroup**: the transition from s to t applied to x_s ~ forward(s, x0) is forward(t, x0);
 * **per-element t**: rows given their own (s, t) follow the law of a call with scalar times;
 * **equilibrium** (when the process has one): forward(t) maps it to itself;
 * **soft x0** (discrete processes: integer states and a ``k`` attribute): the bridge given
@@ -40,7 +41,7 @@ from .circle import WrappedBrownian, WrappedInterpolatedBrownian, _wrap
 from .masked import Masked, masked
 from .process import Process
 from .rotation import RotationDiffusion
-from .sampling import endpoint_conditioned_sample, sample_equilibrium, sample_forward
+from .sampling import _transition, endpoint_conditioned_sample, sample_equilibrium, sample_forward
 
 __all__ = ["check_process", "assert_process_ok", "Report", "CheckResult", "ProcessCheckError",
            "vector_statistic", "angle_statistic", "quaternion_statistic", "state_statistic",
@@ -341,7 +342,7 @@ def _bridge_pair(setup: _Setup, s, t, g, device=None):
     x_t = sample_forward(P, t, x0, generator=g_draw)
     x_s = endpoint_conditioned_sample(P, s, t, x0, x_t, generator=g_draw)
     y_s = sample_forward(P, s, y0, generator=g_draw)
-    y_t = sample_forward(P, t - s, y_s, generator=g_draw)
+    y_t = _transition(P, s, t, y_s, g_draw)
     return (x0, x_s, x_t), (y0, y_s, y_t)
 
 
@@ -359,10 +360,10 @@ def _check_bridge(setup: _Setup, s: float, t: float) -> CheckResult:
 
 
 def _check_semigroup(setup: _Setup, s: float, t: float) -> CheckResult:
-    """forward(t − s) ∘ forward(s) against forward(t), features of x_t against x0."""
+    """The transition from s to t after forward(s) against forward(t), features of x_t vs x0."""
     P, g = setup.process, setup.generator(f"semigroup {s} {t}")
     x0 = setup.x0(g)
-    two_steps = sample_forward(P, t - s, sample_forward(P, s, x0, generator=g), generator=g)
+    two_steps = _transition(P, s, t, sample_forward(P, s, x0, generator=g), g)
     y0 = setup.x0(g)
     one_step = sample_forward(P, t, y0, generator=g)
     return _statistical(f"semigroup {(s, t)}", setup.features(two_steps, x0),

@@ -43,6 +43,19 @@ def rotations(n, g):
     return roma.quat_product(centre.expand(n, 1, 4), near)
 
 
+def directions(n, g):
+    """Unit vectors (n, 2, 3) near two fixed directions."""
+    centre = torch.tensor([[0.0, 0.6, 0.8], [1.0, 0.0, 0.0]])
+    x = centre + 0.2 * torch.randn(n, 2, 3, generator=g)
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def residues(n, g):
+    """Positions (n, 4, 3) of four residues near a fixed shape, off-centre."""
+    shape = torch.tensor([[0.0, 0, 0], [1, 0, 0], [1, 1, 0], [2, 1, 1]])
+    return shape + 3.0 + 0.1 * torch.randn(n, 4, 3, generator=g)
+
+
 Q = torch.tensor([[-1.0, 0.7, 0.3], [0.2, -0.5, 0.3], [1.5, 0.5, -2.0]])
 
 BUILT_INS = {
@@ -55,6 +68,10 @@ BUILT_INS = {
     "absorbing_discrete": (bd.AbsorbingDiscrete(1.0, 4), states(4, weights=[4, 3, 2, 1])),
     "wrapped_brownian": (bd.WrappedBrownian(1.0), angles),
     "rotation": (bd.RotationDiffusion(1.0), rotations),
+    "sphere": (bd.SphereBrownian(1.0), lambda n, g: directions(n, g)),
+    "centered_ou": (bd.CenteredOrnsteinUhlenbeck(1.3, 0.7), lambda n, g: residues(n, g)),
+    "time_changed_ou": (bd.TimeChanged(bd.OrnsteinUhlenbeck(), bd.ddpm_schedule("linear")),
+                        two_atoms),
 }
 
 
