@@ -35,7 +35,6 @@ _L_HAAR = 5         # for ε² > 4.6 (Haar proposals) l ≤ 5 leaves out less th
 _K = 3              # image pairs k = 1..K
 _J = 10             # Hermite terms in the images CDF: (ε²/4)^J / √((2J)!) < 1e-15 for ε² < 1
 GAUSSIAN_UP_TO = 1.15  # forward sampler: Gaussian proposal up to this τ = ε²/4, Haar above
-HOST_ROUNDS = 64    # host path: rejection rounds on the pending elements (then finishing)
 DEVICE_ROUNDS = 6   # device path: fixed rounds on every element; acceptance ≥ 0.915 leaves
                     # each element pending with probability < 1e-6, finished on that subset
 
@@ -86,11 +85,14 @@ def _sum_of_products(a0, b0, a1, b1, a2, b2, a3, b3, signs=(1, 1, -1)):
 
 
 def unit_stack(q) -> Tensor:
-    """Components (x, y, z, w) (m,) of non-zero quaternions, normalised, as (m, 4): the
-    transposed view of a (4, m) stack (stacking along the last dimension is several times
-    slower on CPUs; the rejection driver's copy then makes it contiguous)."""
+    """Components (x, y, z, w) (m,) of non-zero quaternions, normalised, as a contiguous
+    (m, 4) tensor (each component scaled straight into its column: torch.stack along the
+    last dimension is several times slower on CPUs)."""
     scale = torch.rsqrt(_sum_of_products(*(c for c in q for _ in range(2)), signs=(1, 1, 1)))
-    return torch.stack([c * scale for c in q]).t()
+    out = scale.new_empty(scale.shape + (4,))
+    for i, c in enumerate(q):
+        torch.mul(c, scale, out=out[..., i])
+    return out
 
 
 def components(q: Tensor):
@@ -372,10 +374,21 @@ def log_acceptance(tau: Tensor) -> Tensor:
     return torch.where(tau <= GAUSSIAN_UP_TO, gaussian, haar)
 
 
-def rounds(like: Tensor) -> int:
-    """Rejection rounds before finishing: many on the host path (it stops once every element is
-    accepted), a few fixed ones on the device path (every element, every round)."""
-    return HOST_ROUNDS if use_host_path(like) else DEVICE_ROUNDS
+def run_rejection(propose, n: int, like: Tensor, device_rounds: int = DEVICE_ROUNDS) -> Tensor:
+    """Exact draws (n, ...) by rejection from ``propose(rows) -> (candidates, accepted)``.
+
+    Device path: ``_util.rejection``'s ``device_rounds`` fixed rounds over every element (no
+    host sync), then ``_util.finish_rejection``: one host decision, and rounds on the
+    leftovers only. Host path: the first round covers every element and
+    ``finish_rejection`` runs the next ones on the pending elements only, which is what
+    ``rejection``'s host path does, without its per-round bookkeeping over all elements (on
+    CPUs that costs more than a round of the IGSO(3) sampler). Rejection is memoryless, so
+    either way every element keeps its first accepted candidate: exact."""
+    if use_host_path(like):
+        draws, accepted = propose(slice(None))
+    else:
+        draws, accepted = rejection(propose, n, device_rounds, like)
+    return finish_rejection(propose, draws, accepted)
 
 
 def rows_of(value: Tensor, rows):
@@ -399,8 +412,7 @@ def sample(tau: Tensor, n: int, generator=None, left=None) -> Tensor:
         u = torch.rand(keep.shape, generator=generator, dtype=keep.dtype, device=keep.device)
         return unit_stack(q), u < keep
 
-    quat, accepted = rejection(proposal, n, rounds(tau), tau)
-    return finish_rejection(proposal, quat, accepted)
+    return run_rejection(proposal, n, tau)
 
 
 def relative_angle(p: Tensor, q: Tensor) -> Tensor:

@@ -78,7 +78,7 @@ from torch import Tensor
 
 from . import _igso3
 from ._igso3 import components, image_factor, image_terms, quat_mul, sinc, tiny, unit_stack
-from ._util import finish_rejection, rejection, use_host_path
+from ._util import use_host_path
 
 PI = math.pi
 COMBO_TAU_MAX = 4.0   # EP and ANT for max(α, β) ≤ 4 (image factors ≤ 1, three pairs)
@@ -414,7 +414,5 @@ def sample(alpha: Tensor, beta: Tensor, q0: Tensor, qt: Tensor, generator=None) 
     """Unit quaternions x_s (n, 4) of the SO(3) bridge for S³ times α = r s, β = r (t − s)
     (0-d, or (n,)) and endpoints q0, qt (n, 4) (any non-zero norms), all in one float dtype."""
     c = setup(alpha, beta, q0, qt)
-    rounds = _igso3.HOST_ROUNDS if c["host"] else DEVICE_ROUNDS
-    step = lambda rows: propose(_take(c, rows), generator)
-    x, accepted = rejection(step, q0.shape[0], rounds, q0)
-    return finish_rejection(step, x, accepted)
+    return _igso3.run_rejection(lambda rows: propose(_take(c, rows), generator), q0.shape[0],
+                                q0, DEVICE_ROUNDS)
