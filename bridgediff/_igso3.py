@@ -63,6 +63,13 @@ def sinc(x: Tensor) -> Tensor:
     return (torch.sin(x) + t) / (x + t)
 
 
+def sinc_(x: Tensor) -> Tensor:
+    """``sinc(x)``, overwriting x (a temporary): on CPUs a fresh buffer per operation costs
+    more than the arithmetic, so the samplers' long chains reuse theirs."""
+    t = tiny(x)
+    return torch.sin(x).add_(t).div_(x.add_(t))
+
+
 def quat_mul(p, q):
     """The product p ⊗ q of quaternions given as components (x, y, z, w) (tuples of tensors
     (m,), or 0-d): written out with fused multiply-adds, as CPUs run that several times
@@ -77,10 +84,14 @@ def quat_mul(p, q):
 
 
 def _sum_of_products(a0, b0, a1, b1, a2, b2, a3, b3, signs=(1, 1, -1)):
-    """a0 b0 ± a1 b1 ± a2 b2 ± a3 b3, in four fused passes."""
+    """a0 b0 ± a1 b1 ± a2 b2 ± a3 b3, in four fused passes into one new buffer."""
+    shape = torch.broadcast_shapes(a0.shape, b0.shape, a1.shape, b1.shape, a2.shape, b2.shape,
+                                   a3.shape, b3.shape)
     total = a0 * b0
+    if total.shape != shape:
+        total = total.expand(shape).clone()
     for (a, b), sign in zip(((a1, b1), (a2, b2), (a3, b3)), signs):
-        total = torch.addcmul(total, a, b, value=sign)
+        total.addcmul_(a, b, value=sign)
     return total
 
 
@@ -88,7 +99,7 @@ def unit_stack(q) -> Tensor:
     """Components (x, y, z, w) (m,) of non-zero quaternions, normalised, as a contiguous
     (m, 4) tensor (each component scaled straight into its column: torch.stack along the
     last dimension is several times slower on CPUs)."""
-    scale = torch.rsqrt(_sum_of_products(*(c for c in q for _ in range(2)), signs=(1, 1, 1)))
+    scale = _sum_of_products(*(c for c in q for _ in range(2)), signs=(1, 1, 1)).rsqrt_()
     out = scale.new_empty(scale.shape + (4,))
     for i, c in enumerate(q):
         torch.mul(c, scale, out=out[..., i])
@@ -326,16 +337,18 @@ def propose_gaussian(tau: Tensor, m: int, generator=None):
     negative), so the keep probability R_τ(d) (sin d / d) e^{d²/6} 1{d ≤ π} is at most 1 and
     the acceptance is 1/M = e^{−τ/2} (1 + τ/3)^{3/2} (≥ 0.915 for τ ≤ 1.15).
     """
-    z = torch.randn((3, m), generator=generator, dtype=tau.dtype, device=tau.device)
-    y = torch.sqrt(_gaussian_variance(tau)) * z
-    d2 = y[0] * y[0] + y[1] * y[1] + y[2] * y[2]
-    d = torch.sqrt(d2)
-    s = sinc(d)
+    y = torch.randn((3, m), generator=generator, dtype=tau.dtype, device=tau.device)
+    y.mul_(torch.sqrt(_gaussian_variance(tau)))
+    d2 = y[0] * y[0]
+    d2.addcmul_(y[1], y[1]).addcmul_(y[2], y[2])
+    d = d2.sqrt()
     inside = (d <= math.pi).to(d.dtype)
-    keep = s * torch.exp(d2.clamp_max(12.0) / 6) * inside
+    keep = d2.clamp_max_(12.0).mul_(1 / 6).exp_().mul_(inside)   # e^{d²/6} 1{d ≤ π}
     if image_factor_needed(d * inside, tau):
-        keep = keep * image_factor(d, tau, image_terms(GAUSSIAN_UP_TO, tau.dtype))
-    return (s * y[0], s * y[1], s * y[2], torch.cos(d)), keep
+        keep.mul_(image_factor(d, tau, image_terms(GAUSSIAN_UP_TO, tau.dtype)))
+    s = sinc(d)
+    keep.mul_(s)
+    return (y[0].mul_(s), y[1].mul_(s), y[2].mul_(s), d.cos_()), keep
 
 
 def propose_haar(tau: Tensor, m: int, generator=None):
@@ -397,7 +410,34 @@ def rows_of(value: Tensor, rows):
     return value if value.ndim == 0 or isinstance(rows, slice) else value[rows]
 
 
+HOST_CHUNK = 1 << 18   # host path: elements per block (below)
+
+
+def in_blocks(fn, n: int, like: Tensor, *per_element) -> Tensor:
+    """``fn(m, *args)`` → (m, 4) over all n elements; on the host in blocks of ``HOST_CHUNK``
+    elements, each with its own slice of every per-element argument (0-d ones and None are
+    passed whole). The elements are independent, so this changes nothing in law; it keeps
+    each temporary small (1 MB in float32), so that the long chains of elementwise passes
+    run from cache and from memory the allocator already holds, about 1.5× faster on CPUs
+    than on whole 1e6-element tensors."""
+    if not use_host_path(like) or n <= HOST_CHUNK:
+        return fn(n, *per_element)
+    out = like.new_empty((n, 4))
+    for start in range(0, n, HOST_CHUNK):
+        block = slice(start, min(start + HOST_CHUNK, n))
+        args = [a if a is None or (isinstance(a, Tensor) and a.ndim == 0) else
+                (tuple(c[block] for c in a) if isinstance(a, tuple) else a[block])
+                for a in per_element]
+        out[block] = fn(block.stop - block.start, *args)
+    return out
+
+
 def sample(tau: Tensor, n: int, generator=None, left=None) -> Tensor:
+    """As ``_sample``, in blocks on the host (``in_blocks``)."""
+    return in_blocks(lambda m, t, lf: _sample(t, m, generator, lf), n, tau, tau, left)
+
+
+def _sample(tau: Tensor, n: int, generator=None, left=None) -> Tensor:
     """n unit quaternions (n, 4), XYZW, of IGSO(3)(ε² = 4τ) rotations R for S³ times τ (0-d
     or (n,)), in τ's dtype, or of left ⊗ R for ``left`` given as components (x, y, z, w)
     (n,) (normalised: the data x0 of a forward draw). Exact rejection from ``propose``;

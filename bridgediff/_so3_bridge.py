@@ -54,20 +54,31 @@ it with the probability above: the kept pair (lift, x) has density ∝ mass × b
 is the mixture of the law. Per round A_combo = C[N(θ) + N(π−θ)] / (E₊ + E₋).
 
 **NF, narrow forward (large times).** x = c·Q, Q ~ IGSO(3)(4 min(α, β)) around the endpoint
-c with the smaller time (``_igso3.propose``, one round), then kept with probability
-f_{4max}(∠ to the other endpoint)/f_{4max}(0) ≤ 1: acceptance
+c with the smaller time (one round of the forward sampler's proposal, ``_igso3.propose``,
+with its keep probability), then kept with probability f_{4max}(∠ to the other
+endpoint)/f_{4max}(0) ≤ 1 (f is largest at 0): acceptance
 A_NF = A_forward · f_{4T}(2θ)/f_{4max}(0) (Chapman–Kolmogorov). EP and ANT need
 max(α, β) ≤ 4 (R ≤ 1 needs ≤ π²; three image pairs suffice up to 4); beyond, NF is used.
 
 **Choice.** Per element: NF where max(α, β) > 4 or (T > 0.5 and A_NF > A_combo), else the
 combination, with ANT for the −q_t lift where it is a candidate (2πθ/T < 3) and its envelope
 is the smaller. Any deterministic function of (s, t, x0, x_t) keeps the law exact; this one
-takes the larger closed-form acceptance, ≥ 0.80 per round everywhere (see ``acceptance``).
+takes the larger closed-form acceptance (``acceptance``): ≥ 0.76 per round over every
+(s, t, Ω) (the worst near t = 1.75, s = t/2, Ω ≈ 0.5), 1 − A < 3e-5 for rt ≤ 0.3 and
+< 1e-14 for rt ≤ 0.1.
 
-**Rounds.** ``_util.rejection`` runs the rounds (on the host only on the pending elements,
-until none is left; on other devices a fixed number over every element and every branch,
-no host sync), then ``_util.finish_rejection`` makes one host decision and, if any element
-is left (probability (1 − A)^rounds each), runs more rounds on those only: still exact.
+**Rounds.** ``_igso3.run_rejection``: on other devices ``_util.rejection`` runs a fixed
+number of rounds over every element and every branch (no host sync), then
+``_util.finish_rejection`` makes one host decision and, if any element is left
+(probability (1 − A)^6 each), runs more rounds on those only; on the host the first round
+covers every element and the next ones only the pending elements. Rejection is memoryless:
+exact either way.
+
+**Numerics.** Everything runs in the data's float dtype (float32 for float32 data): no
+formula above cancels (the distances come from |Y| and |Y − Θŵ|, the angle γ from the
+Euclidean half-angle and sinc ratios, the band offsets of ANT from their own inversion, the
+lift weights from log odds), so rounding is the only error. The quantities that depend only
+on (s, t) are computed once per call when the times are scalars.
 """
 
 import math
@@ -77,14 +88,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _igso3
-from ._igso3 import components, image_factor, image_terms, quat_mul, sinc, tiny, unit_stack
+from ._igso3 import (components, image_factor, image_terms, quat_mul, sinc, sinc_, tiny,
+                     unit_stack)
 from ._util import use_host_path
 
 PI = math.pi
 COMBO_TAU_MAX = 4.0   # EP and ANT for max(α, β) ≤ 4 (image factors ≤ 1, three pairs)
 NF_FROM = 0.5         # NF considered only where T > 0.5 (below, A_combo > 0.98 > A_NF)
 ANT_BELOW = 3.0       # ANT a candidate where 2πθ/T < 3 (above, EP's envelope is the smaller)
-DEVICE_ROUNDS = 6     # device path: A ≥ 0.75 leaves an element pending with prob. < 3e-4
+DEVICE_ROUNDS = 6     # device path: A ≥ 0.76 leaves an element pending with prob. < 2e-4
 _BISECTIONS = 24      # for the ANT tangent point y0 (any y0 is exact; this one is tight)
 
 # The computations are written on components (x, y, z, w) of quaternions and vectors, each a
@@ -116,18 +128,21 @@ def setup(alpha: Tensor, beta: Tensor, q0: Tensor, qt: Tensor) -> dict:
     Returns a dict of tensors, 0-d or (n,), and of flags."""
     host = use_host_path(q0)
     a, b = components(q0), components(qt)
-    # x0⁻¹ x_t = conj(q0) ⊗ qt, lifted to w ≥ 0 (the sign is folded into the axis)
+    # x0⁻¹ x_t = conj(q0) ⊗ qt, lifted to w ≥ 0 (the sign is folded into the axis); the
+    # chains below write into their own temporaries (fresh buffers cost more than arithmetic)
     rx, ry, rz, rw = quat_mul((-a[0], -a[1], -a[2], a[3]), b)
-    nudge = tiny(rw) ** 0.5               # makes the axis e_z where x_t = x0 (θ = 0)
-    vz = rz + torch.copysign(torch.full((), nudge, dtype=rw.dtype, device=rw.device), rw)
-    v_norm = torch.sqrt(rx * rx + ry * ry + vz * vz)
-    theta = torch.atan2(v_norm, rw.abs())
-    scale = torch.copysign(torch.reciprocal(v_norm), rw)
+    sign = torch.copysign(torch.ones((), dtype=rw.dtype, device=rw.device), rw)
+    rz.add_(sign, alpha=tiny(rw) ** 0.5)   # makes the axis e_z where x_t = x0 (θ = 0)
+    v_norm = rx * rx
+    v_norm.addcmul_(ry, ry).addcmul_(rz, rz).sqrt_()
+    theta = torch.atan2(v_norm, rw.abs_())
+    scale = sign.div_(v_norm)
+    rx.mul_(scale), ry.mul_(scale), rz.mul_(scale)
     T = alpha + beta
     tau_n, tau_w = torch.minimum(alpha, beta), torch.maximum(alpha, beta)
-    span = PI - 2 * theta                  # Θ₋ − Θ₊
+    span = theta.mul(-2).add_(PI)          # Θ₋ − Θ₊
     c = dict(alpha=alpha, beta=beta, T=T, sigma=torch.sqrt(alpha * beta / T), theta=theta,
-             span=span, ax=rx * scale, ay=ry * scale, az=vz * scale, q0x=a[0], q0y=a[1],
+             span=span, ax=rx, ay=ry, az=rz, q0x=a[0], q0y=a[1],
              q0z=a[2], q0w=a[3], qt=qt, host=host,
              from_start=alpha <= beta, tau_n=tau_n, eps2_w=4 * tau_w,
              log_peak_w=_igso3.log_peak(4 * tau_w))
@@ -135,7 +150,7 @@ def setup(alpha: Tensor, beta: Tensor, q0: Tensor, qt: Tensor) -> dict:
     combo_ok = tau_w <= COMBO_TAU_MAX
 
     # log E₋/E₊ with EP for −q_t: log(Θ/θ) − π(π − 2θ)/(2T); with ANT where that is smaller
-    log_odds = torch.log((PI - theta) / theta) - PI / (2 * T) * span
+    log_odds = theta.neg().add_(PI).div_(theta).log_().addcmul_(span, -PI / (2 * T))
     candidate = (theta < ANT_BELOW / (2 * PI) * T) & combo_ok
     c.update(_on_rows(candidate, _ant_constants, c, log_odds))
     c["p_minus"] = torch.sigmoid(c["log_odds"])
@@ -317,38 +332,53 @@ def _keep_images(c: dict, d0: Tensor, d1: Tensor, inside: Tensor, generator) -> 
 
 
 def _ep(c: dict, generator):
-    """EP: the Euclidean bridge Y = μŵ + σZ kept with probability R_α(d0) R_β(d1) 1_Δ."""
+    """EP: the Euclidean bridge Y = μŵ + σZ kept with probability R_α(d0) R_β(d1) 1_Δ.
+    (Temporaries are overwritten in place: on CPUs a fresh buffer per operation costs more
+    than the arithmetic; nothing in ``c`` is written.)"""
     theta, sigma = c["theta"], c["sigma"]
     ax, ay, az = c["ax"], c["ay"], c["az"]
-    minus = c["minus"].to(theta.dtype)                      # 0/1: the −q_t lift
-    big = torch.addcmul(theta, minus, c["span"])            # its distance Θ
-    lift = 1 - 2 * minus                                    # its direction is lift · ŵ
+    lift = c["minus"].to(theta.dtype)                       # 0/1: the −q_t lift drawn
+    big = torch.addcmul(theta, lift, c["span"])             # its distance Θ
+    lift.mul_(-2).add_(1)                                   # its direction is lift · ŵ
     z = torch.randn((3,) + theta.shape, generator=generator, dtype=theta.dtype,
                     device=theta.device)
-    along = torch.addcmul(torch.addcmul(z[0] * ax, z[1], ay), z[2], az)
-    cx, cy, cz = (torch.addcmul(z[0], along, ax, value=-1), torch.addcmul(z[1], along, ay, value=-1),
-                  torch.addcmul(z[2], along, az, value=-1))  # Z across ŵ
-    width = torch.sqrt(torch.addcmul(torch.addcmul(cx * cx, cy, cy), cz, cz))
-    p = torch.addcmul(c["alpha"] / c["T"] * big, sigma * along, lift)   # Y along the lift's ŵ
-    h = sigma * width                                       # and across it
-    d0, d1 = torch.hypot(p, h), torch.hypot(big - p, h)
-    keep = _keep_images(c, d0, d1, d0 + d1 <= 2 * PI - big, generator)
+    along = z[0] * ax
+    along.addcmul_(z[1], ay).addcmul_(z[2], az)
+    cx, cy, cz = (z[0].addcmul_(along, ax, value=-1), z[1].addcmul_(along, ay, value=-1),
+                  z[2].addcmul_(along, az, value=-1))      # Z across ŵ
+    width = cx * cx
+    width.addcmul_(cy, cy).addcmul_(cz, cz).sqrt_()
+    p = along.mul_(lift).mul_(sigma).addcmul_(big, c["alpha"] / c["T"])  # Y along lift · ŵ
+    h = width * sigma                                       # and across it
+    d0 = torch.hypot(p, h)
+    d1 = torch.sub(big, p).hypot_(h)
+    total = d0 + d1
+    diff = d1 - d0
+    s1 = total.sub(big).mul_(0.5).clamp_min_(0)             # s1/2 = (d0 + d1 − Θ)/2
+    total.add_(big).mul_(0.5)                                # S = (d0 + d1 + Θ)/2
+    keep = _keep_images(c, d0, d1, total <= PI, generator)  # Δ: d0 + d1 ≤ 2π − Θ
+    s2 = torch.add(big, diff).mul_(0.5).clamp_min_(0)
+    s3 = diff.neg_().add_(big).mul_(0.5).clamp_min_(0)
     # γ, the angle at q0: with L = d0 + |p|, (d0 + p, d0 − p) is (L, h²/L) or (h²/L, L);
     # tan²(γ/2) = (d0 − p) sinc(s1/2) sinc(s2/2) / ((d0 + p) sinc(s3/2) sinc(S)), the
     # Euclidean half-angle tangent corrected by ratios that rounding of the s_i cannot spoil
-    wide = d0 + p.abs()
-    narrow = h * h / wide.clamp_min(tiny(h))
     ahead = (p >= 0).to(theta.dtype)
-    plus, minus_p = torch.lerp(narrow, wide, ahead), torch.lerp(narrow, wide, 1 - ahead)
-    s1, s2, s3 = ((d0 + d1 - big) / 2).clamp_min(0), ((big + d1 - d0) / 2).clamp_min(0), \
-        ((big + d0 - d1) / 2).clamp_min(0)
-    k3 = sinc(s3) * sinc((d0 + d1 + big) / 2)
-    k12 = sinc(s1) * sinc(s2)
-    cos_g, sin_g = _half_angle(plus * k3, minus_p * k12, h * torch.sqrt((k3 * k12).clamp_min(0)))
+    wide = p.abs_().add_(d0).clamp_min_(tiny(h))
+    narrow = h * h
+    narrow.div_(wide)
+    plus = torch.lerp(narrow, wide, ahead)                  # d0 + p
+    minus = narrow.lerp_(wide, ahead.neg_().add_(1))        # d0 − p
+    k3 = sinc_(s3).mul_(sinc_(total))
+    k12 = sinc_(s1).mul_(sinc_(s2))
+    cos2, sin2 = plus.mul_(k3), minus.mul_(k12)
+    cos_sin = k3.mul_(k12).clamp_min_(0).sqrt_().mul_(h)
+    norm = torch.add(cos2, sin2).clamp_min_(tiny(h))
+    cos_g, sin_g = cos2.sub_(sin2).div_(norm), cos_sin.mul_(2).div_(norm)
     sin_d0 = torch.sin(d0)
-    along_k, across_k = sin_d0 * lift * cos_g, sin_d0 * sin_g / width.clamp_min(tiny(width))
-    rel = (torch.addcmul(along_k * ax, across_k, cx), torch.addcmul(along_k * ay, across_k, cy),
-           torch.addcmul(along_k * az, across_k, cz), torch.cos(d0))
+    along_k = cos_g.mul_(sin_d0).mul_(lift)
+    across_k = sin_g.mul_(sin_d0).div_(width.clamp_min_(tiny(width)))
+    rel = (cx.mul_(across_k).addcmul_(along_k, ax), cy.mul_(across_k).addcmul_(along_k, ay),
+           cz.mul_(across_k).addcmul_(along_k, az), d0.cos_())
     return _compose(c, rel), keep
 
 
@@ -412,7 +442,13 @@ def _nf(c: dict, generator):
 
 def sample(alpha: Tensor, beta: Tensor, q0: Tensor, qt: Tensor, generator=None) -> Tensor:
     """Unit quaternions x_s (n, 4) of the SO(3) bridge for S³ times α = r s, β = r (t − s)
-    (0-d, or (n,)) and endpoints q0, qt (n, 4) (any non-zero norms), all in one float dtype."""
+    (0-d, or (n,)) and endpoints q0, qt (n, 4) (any non-zero norms), all in one float dtype.
+    On the host in blocks of elements (``_igso3.in_blocks``)."""
+    return _igso3.in_blocks(lambda m, a, b, p, q: _sample(a, b, p, q, generator), q0.shape[0],
+                            q0, alpha, beta, q0, qt)
+
+
+def _sample(alpha: Tensor, beta: Tensor, q0: Tensor, qt: Tensor, generator=None) -> Tensor:
     c = setup(alpha, beta, q0, qt)
     return _igso3.run_rejection(lambda rows: propose(_take(c, rows), generator), q0.shape[0],
                                 q0, DEVICE_ROUNDS)

@@ -37,8 +37,8 @@ class RotationDiffusion(Process):
       the Euclidean Brownian bridge in ℝ³ mapped to S³ by its distances to both endpoints
       and its azimuth, kept with the ratio of image sums (≤ 1); the bridge to the far lift
       near the antipode, and large times, have two more exact proposals; each element uses
-      the one with the larger closed-form acceptance (≥ 0.80 per round). The derivation is
-      in ``bridgediff/_so3_bridge.py``.
+      the one with the larger closed-form acceptance (≥ 0.76 per round, ≈ 1 for rt ≤ 0.3).
+      The derivation is in ``bridgediff/_so3_bridge.py``.
     * equilibrium: Haar-uniform rotations.
 
     q and −q are the same rotation everywhere; outputs are unit quaternions in the input's
