@@ -61,7 +61,7 @@ A_NF = A_forward · f_{4T}(2θ)/f_{4max}(0) (Chapman–Kolmogorov). EP and ANT n
 max(α, β) ≤ 4 (R ≤ 1 needs ≤ π²; three image pairs suffice up to 4); beyond, NF is used.
 
 **Choice.** Per element: NF where max(α, β) > 4 or (T > 0.5 and A_NF > A_combo), else the
-combination, with ANT for the −q_t lift where it is a candidate (2πθ/T < 3) and its envelope
+combination, with ANT for the −q_t lift where it is a candidate (2πθ/T < 1.2) and its envelope
 is the smaller. Any deterministic function of (s, t, x0, x_t) keeps the law exact; this one
 takes the larger closed-form acceptance (``acceptance``): ≥ 0.76 per round over every
 (s, t, Ω) (the worst near t = 1.75, s = t/2, Ω ≈ 0.5), 1 − A < 3e-5 for rt ≤ 0.3 and
@@ -95,7 +95,7 @@ from ._util import use_host_path
 PI = math.pi
 COMBO_TAU_MAX = 4.0   # EP and ANT for max(α, β) ≤ 4 (image factors ≤ 1, three pairs)
 NF_FROM = 0.5         # NF considered only where T > 0.5 (below, A_combo > 0.98 > A_NF)
-ANT_BELOW = 3.0       # ANT a candidate where 2πθ/T < 3 (above, EP's envelope is the smaller)
+ANT_BELOW = 1.2       # ANT a candidate where 2πθ/T < 1.2 (it wins only below ≈ 1)
 DEVICE_ROUNDS = 6     # device path: A ≥ 0.76 leaves an element pending with prob. < 2e-4
 _BISECTIONS = 24      # for the ANT tangent point y0 (any y0 is exact; this one is tight)
 
@@ -122,10 +122,25 @@ def _log_sinc(x: Tensor) -> Tensor:
     return torch.log(sinc(x))
 
 
-def setup(alpha: Tensor, beta: Tensor, q0: Tensor, qt: Tensor) -> dict:
-    """Everything a round needs that depends only on (α, β, x0, x_t). α, β are 0-d (one pair
-    for the call: what depends only on them is then computed once) or (n,); q0, qt (n, 4).
-    Returns a dict of tensors, 0-d or (n,), and of flags."""
+def time_constants(alpha: Tensor, beta: Tensor) -> dict:
+    """What depends only on the times: 0-d tensors if α, β are (one pair for the call, as in
+    a sampling step: computed once, not per element or per block), else per element (n,)."""
+    T = alpha + beta
+    tau_n, tau_w = torch.minimum(alpha, beta), torch.maximum(alpha, beta)
+    log_peak_w = _igso3.log_peak(4 * tau_w)
+    # log(A_NF/A_combo) = nf_gain + softplus(log odds) + log(θ/sin θ) − θ²/(2T) (``_choose_nf``)
+    nf_gain = (_igso3.log_acceptance(tau_n) - log_peak_w + T / 2 - 1.5 * torch.log(T)
+               + 0.5 * math.log(2 * PI) - math.log(4))
+    return dict(alpha=alpha, beta=beta, T=T, sigma=torch.sqrt(alpha * beta / T),
+                mu=alpha / T, odds_slope=-PI / (2 * T), ant_below=ANT_BELOW / (2 * PI) * T,
+                from_start=alpha <= beta, tau_n=tau_n, eps2_w=4 * tau_w, log_peak_w=log_peak_w,
+                nf_gain=nf_gain, combo_ok=tau_w <= COMBO_TAU_MAX, nf_maybe=T > NF_FROM)
+
+
+def setup(k: dict, q0: Tensor, qt: Tensor) -> dict:
+    """Everything a round needs: the time constants ``k`` (``time_constants``) and what
+    depends on the endpoints q0, qt (n, 4). Returns a dict of tensors, 0-d or (n,), and
+    of flags."""
     host = use_host_path(q0)
     a, b = components(q0), components(qt)
     # x0⁻¹ x_t = conj(q0) ⊗ qt, lifted to w ≥ 0 (the sign is folded into the axis); the
@@ -138,23 +153,17 @@ def setup(alpha: Tensor, beta: Tensor, q0: Tensor, qt: Tensor) -> dict:
     theta = torch.atan2(v_norm, rw.abs_())
     scale = sign.div_(v_norm)
     rx.mul_(scale), ry.mul_(scale), rz.mul_(scale)
-    T = alpha + beta
-    tau_n, tau_w = torch.minimum(alpha, beta), torch.maximum(alpha, beta)
     span = theta.mul(-2).add_(PI)          # Θ₋ − Θ₊
-    c = dict(alpha=alpha, beta=beta, T=T, sigma=torch.sqrt(alpha * beta / T), theta=theta,
-             span=span, ax=rx, ay=ry, az=rz, q0x=a[0], q0y=a[1],
-             q0z=a[2], q0w=a[3], qt=qt, host=host,
-             from_start=alpha <= beta, tau_n=tau_n, eps2_w=4 * tau_w,
-             log_peak_w=_igso3.log_peak(4 * tau_w))
-    c["image_cut"] = _image_cut(tau_n, tau_w, theta.dtype) if host else -1.0
-    combo_ok = tau_w <= COMBO_TAU_MAX
+    c = dict(k, theta=theta, span=span, ax=rx, ay=ry, az=rz, q0x=a[0], q0y=a[1], q0z=a[2],
+             q0w=a[3], qt=qt, host=host)
+    c["image_cut"] = _image_cut(k["tau_n"], k["eps2_w"] / 4, theta.dtype) if host else -1.0
 
     # log E₋/E₊ with EP for −q_t: log(Θ/θ) − π(π − 2θ)/(2T); with ANT where that is smaller
-    log_odds = theta.neg().add_(PI).div_(theta).log_().addcmul_(span, -PI / (2 * T))
-    candidate = (theta < ANT_BELOW / (2 * PI) * T) & combo_ok
+    log_odds = theta.neg().add_(PI).div_(theta).log_().addcmul_(span, k["odds_slope"])
+    candidate = (theta < k["ant_below"]) & k["combo_ok"]
     c.update(_on_rows(candidate, _ant_constants, c, log_odds))
     c["p_minus"] = torch.sigmoid(c["log_odds"])
-    c["nf"] = _choose_nf(c, combo_ok)
+    c["nf"] = _choose_nf(c)
     if host:   # which branches occur at all, and their rows, once for the first round
         c["any_minus"] = bool(c["p_minus"].max() > 0) if theta.numel() else False
         for name in ("ant", "nf"):
@@ -170,21 +179,18 @@ def _image_cut(tau_n: Tensor, tau_w: Tensor, dtype) -> float:
     return PI + tau_max / (2 * PI) * math.log(eps / (16 * (2 + 8 * PI ** 2 / tau_min)))
 
 
-def _choose_nf(c: dict, combo_ok) -> Tensor:
+def _choose_nf(c: dict) -> Tensor:
     """NF where it accepts more: log(A_NF/A_combo) > 0 (``acceptance``; f_{4T}(2θ) cancels)
     = gain(α, β) + softplus(log odds) + log(θ/sin θ) − θ²/(2T). For T < 3 the last two
     terms together are ≤ 0 (their derivative is ≈ θ/3 − θ/T), so where
     gain + softplus(max log odds) ≤ 0 the host skips the rest."""
-    T, theta = c["T"], c["theta"]
-    gain = (_igso3.log_acceptance(c["tau_n"]) - c["log_peak_w"] + T / 2 - 1.5 * torch.log(T)
-            + 0.5 * math.log(2 * PI) - math.log(4))
-    maybe = T > NF_FROM
-    if c["host"] and T.ndim == 0 and bool(combo_ok.all()):
-        if not bool(maybe) or (float(T) < 3 and theta.numel() and float(
+    T, theta, gain, combo_ok = c["T"], c["theta"], c["nf_gain"], c["combo_ok"]
+    if c["host"] and T.ndim == 0 and bool(combo_ok):
+        if not bool(c["nf_maybe"]) or (float(T) < 3 and theta.numel() and float(
                 gain + F.softplus(c["log_odds"].max())) <= 0):
             return torch.zeros_like(theta, dtype=torch.bool)
     log_ratio = gain + F.softplus(c["log_odds"]) - _log_sinc(theta) - theta * theta / (2 * T)
-    return ~combo_ok | (maybe & (log_ratio > 0))
+    return ~combo_ok | (c["nf_maybe"] & (log_ratio > 0))
 
 
 def _on_rows(candidate: Tensor, fn, c: dict, log_odds: Tensor) -> dict:
@@ -348,7 +354,7 @@ def _ep(c: dict, generator):
                   z[2].addcmul_(along, az, value=-1))      # Z across ŵ
     width = cx * cx
     width.addcmul_(cy, cy).addcmul_(cz, cz).sqrt_()
-    p = along.mul_(lift).mul_(sigma).addcmul_(big, c["alpha"] / c["T"])  # Y along lift · ŵ
+    p = along.mul_(lift).mul_(sigma).addcmul_(big, c["mu"])  # Y along lift · ŵ
     h = width * sigma                                       # and across it
     d0 = torch.hypot(p, h)
     d1 = torch.sub(big, p).hypot_(h)
@@ -444,11 +450,11 @@ def sample(alpha: Tensor, beta: Tensor, q0: Tensor, qt: Tensor, generator=None) 
     """Unit quaternions x_s (n, 4) of the SO(3) bridge for S³ times α = r s, β = r (t − s)
     (0-d, or (n,)) and endpoints q0, qt (n, 4) (any non-zero norms), all in one float dtype.
     On the host in blocks of elements (``_igso3.in_blocks``)."""
-    return _igso3.in_blocks(lambda m, a, b, p, q: _sample(a, b, p, q, generator), q0.shape[0],
-                            q0, alpha, beta, q0, qt)
+    return _igso3.in_blocks(lambda m, k, p, q: _sample(k, p, q, generator), q0.shape[0], q0,
+                            time_constants(alpha, beta), q0, qt)
 
 
-def _sample(alpha: Tensor, beta: Tensor, q0: Tensor, qt: Tensor, generator=None) -> Tensor:
-    c = setup(alpha, beta, q0, qt)
+def _sample(k: dict, q0: Tensor, qt: Tensor, generator=None) -> Tensor:
+    c = setup(k, q0, qt)
     return _igso3.run_rejection(lambda rows: propose(_take(c, rows), generator), q0.shape[0],
                                 q0, DEVICE_ROUNDS)

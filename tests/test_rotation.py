@@ -467,8 +467,8 @@ def _setup(t, frac, omegas, dtype=F64):
     omegas = torch.as_tensor(omegas, dtype=F64).reshape(-1)
     x_t = roma.rotvec_to_unitquat(torch.stack([0 * omegas, 0 * omegas, omegas], dim=-1))
     times = torch.tensor([frac * t, (1 - frac) * t], dtype=dtype)
-    return _so3_bridge.setup(times[0], times[1], roma.identity_quat(len(omegas), dtype=dtype),
-                             x_t.to(dtype))
+    return _so3_bridge.setup(_so3_bridge.time_constants(times[0], times[1]),
+                             roma.identity_quat(len(omegas), dtype=dtype), x_t.to(dtype))
 
 
 def _copies(t, frac, big_omega, n, dtype=F64):
