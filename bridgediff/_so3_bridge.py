@@ -100,7 +100,7 @@ DEVICE_ROUNDS = 6     # device path: A ≥ 0.76 leaves an element pending with p
 _BISECTIONS = 24      # for the ANT tangent point y0 (any y0 is exact; this one is tight)
 
 # The computations are written on components (x, y, z, w) of quaternions and vectors, each a
-# tensor (m,), and select with exact 0/1 blends a·m + b·(1 − m) of finite values: on CPUs
+# tensor (m,), and select with exact 0/1 blends (torch.lerp at weight 0 or 1): on CPUs
 # torch.where, torch.sinc, cross products and norms over a last dimension of 3 or 4 each
 # cost several elementwise passes.
 
@@ -166,6 +166,7 @@ def setup(k: dict, q0: Tensor, qt: Tensor) -> dict:
     c["nf"] = _choose_nf(c)
     if host:   # which branches occur at all, and their rows, once for the first round
         c["any_minus"] = bool(c["p_minus"].max() > 0) if theta.numel() else False
+        c["all_nf"] = bool(c["nf"].all())
         for name in ("ant", "nf"):
             c[name + "_rows"] = c[name].nonzero().squeeze(1) if bool(c[name].any()) else None
     return c
@@ -266,6 +267,8 @@ def propose(c: dict, generator=None):
     c = dict(c, minus=minus)
     if not c["host"]:
         return _device_round(c, generator)
+    if c.get("all_nf", False):                   # large times: no EP draw to overwrite
+        return _kept(*_nf(c, generator), generator)
     cand, keep = _ep(c, generator)
     for name, fn in (("ant", _ant), ("nf", _nf)):
         rows = _rows(c, name, minus)
