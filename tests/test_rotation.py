@@ -522,6 +522,28 @@ def test_bridge_consistency_at_every_scale(sampler_path, dtype):
                   what=f"{sampler_path} s={float(s[i])} t={float(t[i])}")
 
 
+def test_device_path_reads_one_value_from_the_device(device_path, monkeypatch):
+    """On the device path (forced on the CPU) the samplers read no tensor value on the host
+    but the one decision of ``finish_rejection`` (counted by wrapping every way a tensor's
+    value reaches Python), for each branch of the bridge."""
+    reads = []
+    for method in ("__bool__", "item", "nonzero", "__float__", "__int__", "tolist"):
+        original = getattr(torch.Tensor, method)
+        monkeypatch.setattr(torch.Tensor, method,
+                            lambda self, *a, _f=original, _m=method, **k: reads.append(_m)
+                            or _f(self, *a, **k))
+    g = torch.Generator().manual_seed(25)
+    for t, frac, big_omega in [(0.6, 0.5, 1.0), (1.0, 0.5, 0.0), (10.0, 0.1, 2.0)]:
+        x0, x_t = endpoints(1000, big_omega, g)
+        times = torch.tensor([frac * t, (1 - frac) * t], dtype=F64)
+        reads.clear()
+        _so3_bridge.sample(times[0], times[1], x0, x_t, g)
+        assert reads == ["__bool__"], (t, reads)
+        reads.clear()
+        _igso3.sample(torch.full((1000,), t, dtype=F64), 1000, g, left=_igso3.components(x0))
+        assert reads == ["__bool__"], (t, reads)
+
+
 # ---------------------------------------------------------------- interface
 
 def test_masks_keep_rotations_bit_identical():
