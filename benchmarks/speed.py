@@ -149,7 +149,8 @@ def _random_rotations(ctx: Context, *shape) -> torch.Tensor:
 
 
 def rotation_cases(sizes: Sizes, ctx: Context) -> list[Case]:
-    """Forward and bridge at typical endpoints, and the bridge between unrelated rotations."""
+    """Forward and bridge at typical endpoints, the bridge between unrelated rotations, and
+    both on a single rotation (the fixed cost of a call)."""
     process, g = bd.RotationDiffusion(1.0), ctx.generator
     grid = (sizes.rows, sizes.n // sizes.rows)
     cases = _forward_and_bridge(process, "RotationDiffusion", _random_rotations(ctx, *grid), ctx,
@@ -159,6 +160,15 @@ def rotation_cases(sizes: Sizes, ctx: Context) -> list[Case]:
                       "bridge-far", sizes.n, 4 * sizes.n,
                       lambda: bd.endpoint_conditioned_sample(process, BRIDGE_S, BRIDGE_T, x0,
                                                              x_t, generator=g)))
+    one = _random_rotations(ctx, 1)
+    one_t = bd.sample_forward(process, BRIDGE_T, one, generator=g)
+    cases += [
+        Case("RotationDiffusion forward, one rotation", "RotationDiffusion", "forward", 1, 4,
+             lambda: bd.sample_forward(process, BRIDGE_T, one, generator=g)),
+        Case("RotationDiffusion bridge, one rotation", "RotationDiffusion", "bridge", 1, 4,
+             lambda: bd.endpoint_conditioned_sample(process, BRIDGE_S, BRIDGE_T, one, one_t,
+                                                    generator=g)),
+    ]
     return cases
 
 

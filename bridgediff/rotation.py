@@ -1,22 +1,18 @@
-r"""Brownian motion on SO(3): the exact IGSO(3) forward law and an SO(3) bridge."""
+r"""Brownian motion on SO(3): the exact IGSO(3) forward law and the exact SO(3) bridge."""
 
 import math
 
-import roma
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from . import _igso3
-from ._util import as_param, on_host, positive, rejection, require_float, use_host_path
+from . import _igso3, _so3_bridge
+from ._util import as_param, on_host, positive, require_float
 from .process import Process
 
 __all__ = ["RotationDiffusion", "igso3_angle_pdf", "igso3_angle_cdf"]
 
-UNIT_TOLERANCE = 1e-3   # largest accepted | |q| - 1 | of an input quaternion
-BRIDGE_TRIES = 16       # exact rejection tries per bridge draw
-BRIDGE_CANDIDATES = 64  # importance-resampling candidates where no try is accepted
-NARROW = 0.25           # proposal weight of the IGSO(3) around the nearer endpoint
+UNIT_TOLERANCE = 1e-3   # largest accepted | |q| - 1 | of an input quaternion (at least; see
+                        # _unit_tolerance for low-precision dtypes)
 
 
 class RotationDiffusion(Process):
@@ -25,21 +21,31 @@ class RotationDiffusion(Process):
     Rotation-vector increments have per-axis variance :math:`\varepsilon_t^2 = 4 r t`, the
     limit of Diffusions.jl's ``RotationDiffusion(rate)`` (which composes small steps
     :math:`q \leftarrow q \exp(\mathrm{quat}(0, \sigma n))` with :math:`\sum \sigma^2 = r t`).
+    On the sphere S³ of unit quaternions this is Brownian motion with generator ½Δ run for
+    the time τ = r t.
 
     * forward: :math:`x_t = x_0 R` with :math:`R \sim \mathrm{IGSO}(3)(\varepsilon_t^2)`:
-      a uniform axis and an angle ω with density ``igso3_angle_pdf(ω, 4 r t)``, drawn
-      exactly for every 4rt from 1e-8 to 1e3 (vectorised rejection, inverse-CDF fallback);
-    * bridge: density with respect to Haar
+      a uniform axis and an angle ω with density ``igso3_angle_pdf(ω, 4 r t)``. Drawn
+      exactly by rejection: R = exp of the rotation vector 2Y, Y ~ N(0, τ'I₃) with
+      τ' = 3τ/(3+τ), kept with probability R_τ(|Y|) (sin|Y|/|Y|) e^{|Y|²/6} 1{|Y| ≤ π}
+      (R_τ the image factor of the S³ heat kernel; acceptance e^{−τ/2}(1+τ/3)^{3/2}) for
+      τ ≤ 1.15, and a Haar proposal kept with f(ω)/f(0) above (acceptance ≥ 0.91).
+    * bridge: the exact law, with density with respect to Haar
       :math:`p(x_s \mid x_0, x_t) \propto f_{4rs}(\angle(x_0^{-1} x_s))\, f_{4r(t-s)}(\angle(x_s^{-1} x_t))`,
-      drawn exactly by rejection from the narrower factor (16 tries) and otherwise by
-      importance resampling over 64 IGSO(3) proposals around the geodesic from x0 to x_t
-      (both ways round) and around the nearer endpoint; its distance to the exact law is below
-      the sampling noise of 1e5 draws (tests/test_rotation.py), endpoints far apart included;
+      for every s < t and every pair of endpoints (far apart, antipodal or equal). Lifted
+      to S³ it is a mixture of the two S³ bridges to ±x_t; each is drawn by rejection from
+      the Euclidean Brownian bridge in ℝ³ mapped to S³ by its distances to both endpoints
+      and its azimuth, kept with the ratio of image sums (≤ 1); the bridge to the far lift
+      near the antipode, and large times, have two more exact proposals; each element uses
+      the one with the larger closed-form acceptance (≥ 0.76 per round, ≈ 1 for rt ≤ 0.3).
+      The derivation is in ``bridgediff/_so3_bridge.py``.
     * equilibrium: Haar-uniform rotations.
 
     q and −q are the same rotation everywhere; outputs are unit quaternions in the input's
-    dtype (the sampling itself runs in float64; the forward sampler composes its float64
-    draw with x0 in x0's dtype).
+    dtype. float64 data are sampled in float64, all others in float32: every formula is
+    free of cancellation, so the draws are exact up to the rounding of that dtype (float32
+    normals and uniforms have 24-bit resolution: tails beyond 5.7σ and acceptance
+    probabilities finer than 6e-8 are lost, a total variation below 1e-7).
 
     Example::
 
@@ -59,41 +65,65 @@ class RotationDiffusion(Process):
         if x.ndim < 1 or x.shape[-1] != 4:
             raise ValueError(f"{name} must be unit quaternions of shape (..., 4), XYZW, got "
                              f"shape {tuple(x.shape)}")
-        if on_host(x) and x.numel() and not bool(
-                ((x.norm(dim=-1) - 1).abs() <= UNIT_TOLERANCE).all()):
-            raise ValueError(f"{name} must be unit quaternions: some norms differ from 1 by "
-                             f"more than {UNIT_TOLERANCE}")
+        if not on_host(x) or not x.numel():
+            return
+        tolerance = _unit_tolerance(x.dtype)
+        y = x.reshape(-1, 4).to(torch.promote_types(x.dtype, torch.float32))
+        smallest, largest = torch.aminmax((y * y) @ y.new_ones(4))   # squared norms
+        if (1 - tolerance) ** 2 <= float(smallest) and float(largest) <= (1 + tolerance) ** 2:
+            return                      # (NaN and ±inf have no norm within the tolerance)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} must be finite unit quaternions: some are NaN or infinite")
+        off = max(abs(float(smallest) ** 0.5 - 1), abs(float(largest) ** 0.5 - 1))
+        raise ValueError(f"{name} must be unit quaternions: some norms differ from 1 by more "
+                         f"than {tolerance:.3g} (the largest by {off:.3g})")
 
-    def _eps2(self, t: Tensor, x: Tensor) -> Tensor:
-        """ε² = 4 r t per rotation, flattened to (N,), in float64."""
-        t = t.double()
-        eps2 = 4 * as_param(self.rate, t) * t
-        return torch.broadcast_to(eps2, x.shape)[..., 0].reshape(-1)
+    def _times(self, t: Tensor, x: Tensor, dtype: torch.dtype) -> Tensor:
+        """r·t in ``dtype``: 0-d if t is (one time for the whole call), else one per rotation (N,)."""
+        tau = as_param(self.rate, t.to(dtype)) * t.to(dtype)
+        if tau.ndim == 0:
+            return tau
+        return torch.broadcast_to(tau, x.shape)[..., 0].reshape(-1)
 
     def sample_forward(self, t, x0, generator=None):
-        noise = _igso3.sample_relative(self._eps2(t, x0), generator).to(x0.dtype)
-        return _unit(roma.quat_product(_unit(x0).reshape(-1, 4), noise)).reshape(x0.shape)
+        dtype = _compute_dtype(x0)
+        x = x0.reshape(-1, 4).to(dtype)
+        x_t = _igso3.sample(self._times(t, x0, dtype), x.shape[0], generator,
+                            left=_igso3.components(x))
+        return x_t.reshape(x0.shape).to(x0.dtype)
 
     def endpoint_conditioned_sample(self, s, t, x0, x_t, generator=None):
-        eps2_s = self._eps2(s, x_t)
-        eps2_rest = self._eps2(t.double() - s.double(), x_t)
-        q0, qt = _unit64(x0).reshape(-1, 4), _unit64(x_t).reshape(-1, 4)
-        x_s = _resampled_bridge(eps2_s, eps2_rest, q0, qt, generator)
+        dtype = _compute_dtype(x_t)
+        s, t = s.to(dtype), t.to(dtype)
+        alpha, beta = self._times(s, x_t, dtype), self._times(t - s, x_t, dtype)
+        x_s = _so3_bridge.sample(alpha, beta, x0.reshape(-1, 4).to(dtype),
+                                 x_t.reshape(-1, 4).to(dtype), generator)
         return x_s.reshape(x_t.shape).to(x_t.dtype)
 
     def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
         shape = torch.Size(shape)
         if len(shape) < 1 or shape[-1] != 4:
             raise ValueError(f"shape must end with 4 (quaternions, XYZW), got {tuple(shape)}")
+        dtype = dtype or torch.get_default_dtype()
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point dtype for unit quaternions, got {dtype}")
         z = torch.randn(shape, generator=generator, device=device,
-                        dtype=dtype or torch.get_default_dtype())
-        return _unit(z)
+                        dtype=torch.promote_types(dtype, torch.float32))
+        return _unit(z).to(dtype)
 
     def loss(self, x0_hat, x0):
-        """Diffusions.jl's surrogate of the squared angle: with x = |<q̂, q>|,
-        (1 − x)(x − 13)²/18 / 4, per rotation (shape ``x0.shape[:-1]``); sign-blind."""
-        x = (x0_hat * x0).sum(dim=-1).abs()
-        return (1 - x) * (x - 13) ** 2 / 72
+        """Diffusions.jl's surrogate of the squared angle, per rotation (shape
+        ``x0.shape[:-1]``): with a = |⟨q̂, q⟩| / (|q̂| |q|) ∈ [0, 1], (1 − a)(a − 13)²/18 / 4.
+
+        Both quaternions are normalised first (|q̂| floored at the dtype's epsilon, so the
+        gradient is finite everywhere, the zero vector included), so the loss is ≥ 0 and
+        vanishes only at q̂ = ±c q, c > 0: a model cannot lower it by scaling q̂. Sign-blind.
+        """
+        eps = torch.finfo(x0_hat.dtype).eps
+        norms = ((x0_hat * x0_hat).sum(dim=-1).clamp_min(eps * eps)
+                 * (x0 * x0).sum(dim=-1).clamp_min(eps * eps)).sqrt()
+        a = ((x0_hat * x0).sum(dim=-1).abs() / norms).clamp(max=1)
+        return (1 - a) * (a - 13) ** 2 / 72
 
     def scaler(self, t):
         """√(1 − e^{−5rt}), shaped to broadcast against the per-rotation loss."""
@@ -174,103 +204,17 @@ def _as_float64(omega, eps2):
     return omega, eps2, dtype
 
 
+def _unit_tolerance(dtype: torch.dtype) -> float:
+    """| |q| − 1 | accepted for quaternions stored in ``dtype``: 1e-3, or twice the dtype's
+    epsilon where that is larger (a correctly rounded unit quaternion is off by at most half
+    an epsilon: 0.004 in bfloat16, 5e-4 in float16)."""
+    return max(UNIT_TOLERANCE, 2 * torch.finfo(dtype).eps)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """float64 for float64 data, float32 for every other float dtype (half precisions included)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _unit(q: Tensor) -> Tensor:
     return q / q.norm(dim=-1, keepdim=True)
-
-
-def _unit64(q: Tensor) -> Tensor:
-    return _unit(q.double())
-
-
-def _resampled_bridge(eps2_s, eps2_rest, q0, qt, generator, tries=BRIDGE_TRIES,
-                      candidates=BRIDGE_CANDIDATES):
-    r"""Draw x_s for rotations q0, qt (N, 4) float64 and ε_s², ε_{t−s}² (N,).
-
-    Proposal g: a mixture of three IGSO(3) laws whose Haar densities are known exactly,
-    R = c · Q with
-
-    * Q ~ IGSO(3)(σ²), σ² = ε_s² ε_{t−s}²/ε_t², centred on the geodesic point
-      c = q0 exp(κ ℓ), κ = ε_s²/ε_t², for ℓ = log(q0⁻¹qt) (|ℓ| ≤ π) and for the long way
-      round ℓ − 2π ℓ/|ℓ|, weighted ∝ e^{−|ℓ|²/(2ε_t²)} (together 1 − ``NARROW``);
-    * Q ~ IGSO(3)(min(ε_s², ε_{t−s}²)) centred on the endpoint of the narrower factor
-      (weight ``NARROW``), the proposal of the rejection step.
-
-    First, exact rejection: up to ``tries`` draws from the narrower factor alone
-    (IGSO(3) around its endpoint), each kept with probability f_wider(∠ to the other
-    endpoint)/f_wider(0); acceptance f_{ε_t²}(Ω)/f_wider(0) per draw, high unless the
-    endpoints are far apart (Ω = ∠(q0⁻¹qt)). Where none is kept, an independent set of
-    ``candidates`` mixture proposals is importance-resampled: one is kept with probability
-    ∝ p/g, p the bridge density (streaming Gumbel-max, memory O(N)). The weights are
-    nearly constant exactly where rejection fails (small ε, far-apart endpoints).
-    """
-    exact, accepted = _rejection(eps2_s, eps2_rest, q0, qt, generator, tries)
-    # On CPU only the rejected rotations are resampled; elsewhere all are (no host sync).
-    todo = ((~accepted).nonzero().squeeze(1) if use_host_path(q0)
-            else torch.arange(q0.shape[0], device=q0.device))
-    resampled = _importance_resample(eps2_s[todo], eps2_rest[todo], q0[todo], qt[todo],
-                                     generator, candidates)
-    out = exact.clone()
-    out[todo] = torch.where(accepted[todo, None], exact[todo], resampled)
-    return _unit(out)
-
-
-def _rejection(eps2_s, eps2_rest, q0, qt, generator, tries):
-    """Exact bridge draws by rejection from the narrower factor; returns (draws, accepted)."""
-    from_start = (eps2_s <= eps2_rest)[:, None]
-    centre, other_end = torch.where(from_start, q0, qt), torch.where(from_start, qt, q0)
-    narrow_var, wider_var = torch.minimum(eps2_s, eps2_rest), torch.maximum(eps2_s, eps2_rest)
-    log_peak = _igso3.log_density(torch.zeros_like(wider_var), wider_var)
-
-    def propose(rows):
-        cand = roma.quat_product(centre[rows], _igso3.sample_relative(narrow_var[rows], generator))
-        angle = _igso3.relative_angle(cand, other_end[rows])
-        log_ratio = _igso3.log_density(angle, wider_var[rows]) - log_peak[rows]
-        u = torch.rand(angle.shape, generator=generator, dtype=torch.float64, device=q0.device)
-        return cand, torch.log(u) < log_ratio
-
-    return rejection(propose, q0.shape[0], tries, q0)
-
-
-def _importance_resample(eps2_s, eps2_rest, q0, qt, generator, candidates):
-    """One of ``candidates`` mixture proposals, kept with probability ∝ p/g."""
-    eps2_t = eps2_s + eps2_rest
-    kappa, var = eps2_s / eps2_t, eps2_s * eps2_rest / eps2_t
-    ell = roma.unitquat_to_rotvec(roma.quat_product(roma.quat_conjugation(q0), qt))
-    length = ell.norm(dim=-1, keepdim=True)
-    axis = torch.where(length > 0, ell / length.clamp_min(1e-300),
-                       torch.tensor([0.0, 0.0, 1.0], dtype=ell.dtype, device=ell.device))
-    narrow_var, from_start = torch.minimum(eps2_s, eps2_rest), eps2_s <= eps2_rest
-    ways = [roma.quat_product(q0, roma.rotvec_to_unitquat(kappa[:, None] * way))
-            for way in (ell, ell - 2 * math.pi * axis)]                 # short, long way round
-    narrow_centre = torch.where(from_start[:, None], q0, qt)
-    length = length[:, 0]
-    logit_long = (length ** 2 - (2 * math.pi - length) ** 2) / (2 * eps2_t)
-    log_geodesic = math.log1p(-NARROW)
-    log_ways = [log_geodesic + F.logsigmoid(-logit_long), log_geodesic + F.logsigmoid(logit_long)]
-    draw = dict(generator=generator, dtype=torch.float64, device=q0.device)
-
-    def propose():
-        """A candidate R ~ g and log(p/g)."""
-        u = torch.rand(var.shape, **draw)
-        narrow = u < NARROW
-        long_way = u >= NARROW + (1 - NARROW) * torch.sigmoid(-logit_long)
-        centre = torch.where(narrow[:, None], narrow_centre,
-                             torch.where(long_way[:, None], ways[1], ways[0]))
-        cand = roma.quat_product(
-            centre, _igso3.sample_relative(torch.where(narrow, narrow_var, var), generator))
-        log_from_start = _igso3.log_density(_igso3.relative_angle(q0, cand), eps2_s)
-        log_to_end = _igso3.log_density(_igso3.relative_angle(cand, qt), eps2_rest)
-        log_g = [log_way + _igso3.log_density(_igso3.relative_angle(c, cand), var)
-                 for log_way, c in zip(log_ways, ways)]
-        # the narrow component's density is one of the target's two factors
-        log_g.append(math.log(NARROW) + torch.where(from_start, log_from_start, log_to_end))
-        log_proposal = torch.logsumexp(torch.stack(log_g), dim=0)
-        return cand, log_from_start + log_to_end - log_proposal
-
-    resampled, best_key = q0, torch.full_like(var, -math.inf)
-    for _ in range(candidates):
-        cand, log_weight = propose()
-        key = log_weight - torch.log(-torch.log(torch.rand(var.shape, **draw)))  # + Gumbel
-        better = key > best_key
-        resampled, best_key = torch.where(better[:, None], cand, resampled), torch.maximum(key, best_key)
-    return resampled
