@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._util import finish_rejection, rejection, use_host_path
+from ._util import exact_rejection, use_host_path
 
 SERIES_FROM = 1.0   # ε² at and above which the series form is used
 _L = 9              # series terms l = 0..L
@@ -388,23 +388,6 @@ def log_acceptance(tau: Tensor) -> Tensor:
     return torch.where(tau <= GAUSSIAN_UP_TO, gaussian, haar)
 
 
-def run_rejection(propose, n: int, like: Tensor, device_rounds: int = DEVICE_ROUNDS) -> Tensor:
-    """Exact draws (n, ...) by rejection from ``propose(rows) -> (candidates, accepted)``.
-
-    Device path: ``_util.rejection``'s ``device_rounds`` fixed rounds over every element (no
-    host sync), then ``_util.finish_rejection``: one host decision, and rounds on the
-    leftovers only. Host path: the first round covers every element and
-    ``finish_rejection`` runs the next ones on the pending elements only, which is what
-    ``rejection``'s host path does, without its per-round bookkeeping over all elements (on
-    CPUs that costs more than a round of the IGSO(3) sampler). Rejection is memoryless, so
-    either way every element keeps its first accepted candidate: exact."""
-    if use_host_path(like):
-        draws, accepted = propose(slice(None))
-    else:
-        draws, accepted = rejection(propose, n, device_rounds, like)
-    return finish_rejection(propose, draws, accepted)
-
-
 def rows_of(value: Tensor, rows):
     """``value`` for the elements ``rows``: per-element tensors are indexed, 0-d ones (one value
     for every element) are kept."""
@@ -459,7 +442,7 @@ def _sample(tau: Tensor, n: int, generator=None, left=None) -> Tensor:
         u = torch.rand(keep.shape, generator=generator, dtype=keep.dtype, device=keep.device)
         return unit_stack(q), u < keep
 
-    return run_rejection(proposal, n, tau)
+    return exact_rejection(proposal, n, tau, DEVICE_ROUNDS)
 
 
 def relative_angle(p: Tensor, q: Tensor) -> Tensor:

@@ -67,7 +67,7 @@ takes the larger closed-form acceptance (``acceptance``): ≥ 0.76 per round ove
 (s, t, Ω) (the worst near t = 1.75, s = t/2, Ω ≈ 0.5), 1 − A < 3e-5 for rt ≤ 0.3 and
 < 1e-14 for rt ≤ 0.1.
 
-**Rounds.** ``_igso3.run_rejection``: on other devices ``_util.rejection`` runs a fixed
+**Rounds.** ``_util.exact_rejection``: on other devices ``_util.rejection`` runs a fixed
 number of rounds over every element and every branch (no host sync), then
 ``_util.finish_rejection`` makes one host decision and, if any element is left
 (probability (1 − A)^6 each), runs more rounds on those only; on the host the first round
@@ -90,7 +90,7 @@ from torch import Tensor
 from . import _igso3
 from ._igso3 import (components, image_factor, image_terms, quat_mul, sinc, sinc_, tiny,
                      unit_stack)
-from ._util import use_host_path
+from ._util import exact_rejection, use_host_path
 
 PI = math.pi
 COMBO_TAU_MAX = 4.0   # EP and ANT for max(α, β) ≤ 4 (image factors ≤ 1, three pairs)
@@ -459,5 +459,5 @@ def sample(alpha: Tensor, beta: Tensor, q0: Tensor, qt: Tensor, generator=None) 
 
 def _sample(k: dict, q0: Tensor, qt: Tensor, generator=None) -> Tensor:
     c = setup(k, q0, qt)
-    return _igso3.run_rejection(lambda rows: propose(_take(c, rows), generator), q0.shape[0],
-                                q0, DEVICE_ROUNDS)
+    return exact_rejection(lambda rows: propose(_take(c, rows), generator), q0.shape[0], q0,
+                           DEVICE_ROUNDS)

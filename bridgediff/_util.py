@@ -126,3 +126,21 @@ def require_float(x: Tensor, name: str, process) -> None:
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor for {type(process).__name__}, "
                         f"got dtype {x.dtype}")
+
+
+def exact_rejection(propose, n: int, like: Tensor, device_rounds: int) -> Tensor:
+    """Exact draws (n, ...) by rejection from ``propose(rows) -> (candidates, accepted)``.
+
+    Device path: ``rejection``'s ``device_rounds`` fixed rounds over every element (no host
+    sync), then ``finish_rejection``: one host decision, and rounds on the leftovers only.
+    Host path: the first round covers every element and ``finish_rejection`` runs the next
+    ones on the pending elements only (``rejection``'s host path, without its per-round
+    bookkeeping over all elements, which on CPUs can cost more than a round of a cheap
+    sampler). Rejection is memoryless, so either way every element keeps its first accepted
+    candidate: exact.
+    """
+    if use_host_path(like):
+        draws, accepted = propose(slice(None))
+    else:
+        draws, accepted = rejection(propose, n, device_rounds, like)
+    return finish_rejection(propose, draws, accepted)

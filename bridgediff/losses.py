@@ -24,8 +24,11 @@ def standard_loss(process, t, x0_hat, x0, *, scaler=None) -> Tensor:
     * BrownianMotion: ℓ = (x̂ − x)², c(t) = √(1 − e^{−rt});
     * WrappedBrownian, WrappedInterpolatedBrownian: ℓ = (minimal angle between x̂ and x)²,
       c(t) = 2√(1 − e^{−rt/8});
-    * RotationDiffusion: ℓ = (1 − a)(a − 13)² / 72 with a = |⟨q̂, q⟩| (Diffusions.jl's
-      surrogate of the squared angle, /4), c(t) = √(1 − e^{−5rt});
+    * RotationDiffusion: ℓ = (1 − a)(a − 13)² / 72 with a = |⟨q̂, q⟩| / (|q̂| |q|)
+      (Diffusions.jl's surrogate of the squared angle, /4; q̂ normalised, so ℓ ≥ 0 with
+      equality only at ±q), c(t) = √(1 − e^{−5rt});
+    * SphereBrownian: ℓ = |x̂/|x̂| − x|² (the squared chord), c(t) = √(1 − e^{−rt});
+    * CenteredOrnsteinUhlenbeck: as OrnsteinUhlenbeck; TimeChanged(P, τ): P's ℓ and c(τ(t));
     * discrete processes: ℓ = cross-entropy of logits x̂ at state x, · 1.44 k/(k − 1);
       c(t) = √(1 − e^{−rt}), r the rate (GeneralDiscrete: the mean exit rate).
 

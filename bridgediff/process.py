@@ -23,7 +23,8 @@ class Process(abc.ABC):
     The free functions (``bd.sample_forward``, ``bd.endpoint_conditioned_sample``, ...)
     validate the arguments, walk tuples, lists, dicts and masks, cast the result to the
     input's dtype, and pass ``s`` and ``t`` as tensors on the data's device, in its float
-    dtype (the default float dtype for integer data), that broadcast against the data: 0-d,
+    dtype (float32 at least; the default float dtype for integer data), that broadcast
+    against the data: 0-d,
     or (B, 1, ..., 1). Batching of t, masks, tuples and ``sample_backward`` then need no
     further code.
 
@@ -225,8 +226,9 @@ def _short(v) -> str:
 
 
 def time_dtype(*tensors: Tensor) -> torch.dtype:
-    """The float dtype in which times are passed: the first floating input's, else the default."""
+    """The float dtype in which times are passed: the first floating input's (float32 at least:
+    half-precision times would round 0.3 to 0.3008), else the default."""
     for x in tensors:
         if x.is_floating_point():
-            return x.dtype
+            return torch.promote_types(x.dtype, torch.float32)
     return torch.get_default_dtype()

@@ -2,6 +2,7 @@ r"""Brownian motion on SO(3): the exact IGSO(3) forward law and the exact SO(3) 
 
 import math
 
+import roma
 import torch
 from torch import Tensor
 
@@ -218,3 +219,7 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 def _unit(q: Tensor) -> Tensor:
     return q / q.norm(dim=-1, keepdim=True)
+
+
+def _unit64(q: Tensor) -> Tensor:
+    return _unit(q.double())

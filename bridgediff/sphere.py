@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from . import _igso3
-from ._util import (as_param, finish_rejection, on_host, positive, rejection, require_float,
+from ._util import (as_param, exact_rejection, on_host, positive, require_float,
                     use_host_path)
 from .process import Process
 
@@ -44,7 +44,6 @@ SERIES_FROM = 0.5       # τ at and above which p_τ is evaluated by its Legendr
 _L = 16                 # series terms l = 0..L
 _NODES = 14             # fibre-quadrature nodes on [0, A]
 _CUT = 45.0             # the fibre is cut where e^{−(ω² − θ²)/(2τ)} < e^{−45}
-FORWARD_ROUNDS = 8      # IGSO(3) acceptance ≥ 0.687: ≤ 1.1e-4 left for finish_rejection
 BRIDGE_ROUNDS = 6       # bridge rounds before the host decides on the leftovers (≤ 1e-7 left
                         # where a round accepts 0.95, 0.4% at 0.6)
 _TANGENT_MAX = math.pi - 1e-3  # tangent points stay off the antipode, where λ is 0/0
@@ -177,17 +176,9 @@ def _von_mises_fisher(mu: Tensor, kappa: Tensor, generator) -> Tensor:
 # ---------------------------------------------------------------- samplers
 
 def _forward_rotations(tau: Tensor, generator) -> Tensor:
-    """IGSO(3) rotations of parameter ε² = τ (N,), unit quaternions (N, 4): rejection rounds
-    with ``_igso3``'s exact proposals, then ``finish_rejection`` for the rare leftovers."""
-    draw = dict(generator=generator, dtype=torch.float64, device=tau.device)
-
-    def propose(rows):
-        eps2 = tau[rows]
-        quat, p_accept = _igso3._propose(torch.randn(eps2.shape[0], 4, **draw), eps2)
-        return quat, torch.rand(eps2.shape[0], **draw) < p_accept
-
-    quat, accepted = rejection(propose, tau.shape[0], FORWARD_ROUNDS, tau)
-    return finish_rejection(propose, quat, accepted)
+    """IGSO(3) rotations of parameter ε² = τ (N,), unit quaternions (N, 4): ``_igso3``'s exact
+    sampler, whose time is that of S³, ε²/4."""
+    return _igso3.sample(tau / 4, tau.shape[0], generator)
 
 
 def _log_sinhc(x: Tensor) -> Tensor:
@@ -430,8 +421,7 @@ def _bridge(a: Tensor, b: Tensor, tau_a: Tensor, tau_b: Tensor, generator) -> Te
     def propose(rows):
         return bridge.propose(rows, generator)
 
-    draws, accepted = rejection(propose, a.shape[0], BRIDGE_ROUNDS, a)
-    return finish_rejection(propose, draws, accepted)
+    return exact_rejection(propose, a.shape[0], a, BRIDGE_ROUNDS)
 
 
 # ---------------------------------------------------------------- the process

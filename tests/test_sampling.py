@@ -510,3 +510,17 @@ def test_numpy_numbers_are_times():
     x = bd.sample_forward(P_OU, np.float32(0.5), X, generator=gen(48))
     y = bd.sample_forward(P_OU, 0.5, X, generator=gen(48))
     assert torch.equal(x, y)
+
+
+def test_half_precision_data_get_float32_times():
+    seen = []
+
+    class Record(ScaledBrownian):
+        def sample_forward(self, t, x0, generator=None):
+            seen.append(t.dtype)
+            return super().sample_forward(t, x0, generator)
+
+    out = bd.sample_forward(Record(1.0), 0.3, torch.zeros(4, dtype=torch.bfloat16))
+    assert seen == [torch.float32] and out.dtype == torch.bfloat16
+    q = bd.sample_forward(bd.RotationDiffusion(), 0.3, torch.tensor([[0.0, 0, 0, 1]]).bfloat16())
+    assert q.dtype == torch.bfloat16
