@@ -16,8 +16,7 @@ import roma
 import torch
 from scipy import integrate
 from scipy.special import logsumexp
-from scipy import stats as scipy_stats
-from stats import ALPHA, assert_chi2, assert_ks
+from stats import assert_binomial, assert_chi2, assert_ks, assert_ks_2samp
 
 import bridgediff as bd
 from bridgediff import _igso3, _so3_bridge
@@ -319,7 +318,6 @@ def test_bridge_angles_match_quadrature(eps2_s, eps2_rest, big_omega):
 def test_bridge_matches_exact_rejection_sampler():
     """An exact sampler written here: x0 · IGSO(ε_s²), kept with f_{t−s}(∠(R⁻¹x_t))/f_{t−s}(0)
     (acceptance about 40% for these typical endpoints)."""
-    from scipy import stats
     g = torch.Generator().manual_seed(7)
     eps2_s, eps2_rest, big_omega, n = 0.3, 1.2, 1.0, 5000
     x0, x_t = rotation_z(0.0, 8 * n), rotation_z(big_omega, 8 * n)
@@ -334,8 +332,7 @@ def test_bridge_matches_exact_rejection_sampler():
     for a, b in ((x0[:n], None), (None, x_t[:n])):
         ours = angle(a, x_s) if b is None else angle(x_s, b)
         ref = angle(a, exact) if b is None else angle(exact, b)
-        res = stats.ks_2samp(ours.numpy(), ref.numpy())
-        assert res.pvalue > 1e-3, res
+        assert_ks_2samp(ours, ref, what="against the exact rejection sampler")
 
 
 def test_bridge_consistency():
@@ -489,8 +486,7 @@ def test_acceptance_per_round_matches_its_closed_form(t, frac, big_omega, branch
     assert chosen == branch
     expected = float(_so3_bridge.acceptance(_copies(t, frac, big_omega, 1))[0])
     _, kept = _so3_bridge.propose(c, g)
-    test = scipy_stats.binomtest(int(kept.sum()), n, expected)
-    assert test.pvalue > ALPHA, (expected, int(kept.sum()) / n)
+    assert_binomial(kept.sum(), n, expected, what=f"acceptance of {branch}")
 
 
 def test_closed_form_acceptance_is_at_least_three_quarters():

@@ -191,7 +191,6 @@ def test_masks_inside_tuples():
 
 
 def test_mask_shape_mismatch():
-    P = bd.OrnsteinUhlenbeck()
     x = torch.zeros(4, 3)
     with pytest.raises(ValueError, match="mask"):
         bd.masked(x, torch.ones(3, dtype=torch.bool))

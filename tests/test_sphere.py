@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy import integrate, interpolate
 from scipy import stats as sps
-from stats import ALPHA, assert_ks, assert_ks_2samp
+from stats import assert_binomial, assert_ks, assert_ks_2samp
 
 import bridgediff as bd
 from bridgediff import sphere
@@ -318,7 +318,7 @@ def test_one_round_accepts_the_bridge_at_its_closed_form_rate(tau_s, tau_d, omeg
     x, accepted = bridge.propose(slice(None), g)
     rate = math.exp(log_density(np.array([omega]), tau_s + tau_d)[0] - float(bridge.log_mass()[0]))
     hits = int(accepted.sum())
-    assert sps.binomtest(hits, n, rate).pvalue > ALPHA, (hits / n, rate)
+    assert_binomial(hits, n, rate, what="acceptance per round")
     assert_ks(angle(a[accepted], x[accepted]), bridge_marginals(tau_s, tau_d, omega)[0],
               what="accepted draws")
 

@@ -3,7 +3,6 @@ process of examples/custom_process.py, and it fails the approximate circle bridg
 planted bug below (each written here as a small subclass, independently of the library)."""
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
