@@ -24,9 +24,8 @@ class Process(abc.ABC):
     validate the arguments, walk tuples, lists, dicts and masks, cast the result to the
     input's dtype, and pass ``s`` and ``t`` as tensors on the data's device, in its float
     dtype (float32 at least; the default float dtype for integer data), that broadcast
-    against the data: 0-d,
-    or (B, 1, ..., 1). Batching of t, masks, tuples and ``sample_backward`` then need no
-    further code.
+    against the data: 0-d, or (B, 1, ..., 1). Batching of t, masks, tuples and
+    ``sample_backward`` then need no further code.
 
     Optional hooks, each with a default; override what applies:
 
@@ -58,7 +57,6 @@ class Process(abc.ABC):
     ``guide(x0_uncond, x0_cond, w)``        guidance: combine two guesses with weight w
                                             (w = 0: x0_uncond, w = 1: x0_cond; never called
                                             with those) (NotImplementedError)
-
     ``forward_log_prob(t, x0, x_t)``        log density of ``sample_forward``'s law at x_t,
                                             per element (NotImplementedError); for ``bd.elbo``
     ``equilibrium_log_prob(x)``             log density of the stationary law, per element
@@ -77,8 +75,8 @@ class Process(abc.ABC):
     ======================================  ==================================================
 
     The likelihood hooks measure densities per element, with respect to Lebesgue measure for
-    real data, counting measure for discrete states, Lebesgue measure on [-π, π) for angles
-    and the Haar probability measure for rotations; their defaults assume a time-homogeneous
+    real data, counting measure for discrete states, Lebesgue measure on [-π, π) for angles,
+    the Haar probability measure for rotations and area for the sphere; their defaults assume a time-homogeneous
     process (every built-in one is), and a process without what a default needs raises
     NotImplementedError naming the hook to implement.
 
