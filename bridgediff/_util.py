@@ -121,6 +121,34 @@ def positive(name: str, value):
     return value
 
 
+def unit_tolerance(dtype: torch.dtype) -> float:
+    """| |x| − 1 | accepted for unit vectors stored in ``dtype``: 1e-3, or four times the dtype's
+    epsilon where that is larger (a correctly rounded unit vector is off by at most about half
+    an epsilon, one normalised in that dtype by a few: 0.031 in bfloat16, 0.0039 in float16)."""
+    return max(1e-3, 4 * torch.finfo(dtype).eps)
+
+
+def check_unit_vectors(x: Tensor, name: str, process, size: int, what: str) -> None:
+    """Raise unless ``x`` is a float tensor of unit vectors (..., ``size``) (``what`` names
+    them in messages); norms are checked on the host, in float32 at least."""
+    require_float(x, name, process)
+    if x.ndim < 1 or x.shape[-1] != size:
+        raise ValueError(f"{name} must be {what} of shape (..., {size}), got shape "
+                         f"{tuple(x.shape)}")
+    if not on_host(x) or not x.numel():
+        return
+    tolerance = unit_tolerance(x.dtype)
+    y = x.reshape(-1, size).to(torch.promote_types(x.dtype, torch.float32))
+    smallest, largest = torch.aminmax((y * y) @ y.new_ones(size))   # squared norms
+    if (1 - tolerance) ** 2 <= float(smallest) and float(largest) <= (1 + tolerance) ** 2:
+        return                          # (NaN and ±inf have no norm within the tolerance)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} must be finite {what}: some are NaN or infinite")
+    off = max(abs(float(smallest) ** 0.5 - 1), abs(float(largest) ** 0.5 - 1))
+    raise ValueError(f"{name} must be {what}: some norms differ from 1 by more than "
+                     f"{tolerance:.3g} (the largest by {off:.3g})")
+
+
 def require_float(x: Tensor, name: str, process) -> None:
     """Raise TypeError unless ``x`` is a floating-point tensor."""
     if not x.is_floating_point():

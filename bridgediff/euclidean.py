@@ -347,10 +347,5 @@ class CenteredOrnsteinUhlenbeck(OrnsteinUhlenbeck):
         if not -len(shape) <= self.dim < len(shape) or shape[self.dim] < 2:
             raise ValueError(f"shape must have at least 2 elements along dim={self.dim}, got "
                              f"{tuple(shape)}")
-        dtype = dtype or torch.get_default_dtype()
-        if not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating-point dtype for {type(self).__name__}, "
-                            f"got {dtype}")
-        z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-        sd = as_param(self.volatility, z) / (2 * as_param(self.reversion, z)) ** 0.5
-        return sd * (z - self._centroid(z))
+        z = super().sample_equilibrium(shape, generator=generator, device=device, dtype=dtype)
+        return z - self._centroid(z)     # OU's equilibrium with μ = 0, projected

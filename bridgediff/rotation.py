@@ -7,13 +7,11 @@ import torch
 from torch import Tensor
 
 from . import _igso3, _so3_bridge
-from ._util import as_param, on_host, positive, require_float
+from ._util import as_param, check_unit_vectors, on_host, positive
 from .process import Process
 
 __all__ = ["RotationDiffusion", "igso3_angle_pdf", "igso3_angle_cdf"]
 
-UNIT_TOLERANCE = 1e-3   # largest accepted | |q| - 1 | of an input quaternion (at least; see
-                        # _unit_tolerance for low-precision dtypes)
 
 
 class RotationDiffusion(Process):
@@ -62,22 +60,7 @@ class RotationDiffusion(Process):
         self.rate = positive("rate", rate)
 
     def check_state(self, x: Tensor, name: str) -> None:
-        require_float(x, name, self)
-        if x.ndim < 1 or x.shape[-1] != 4:
-            raise ValueError(f"{name} must be unit quaternions of shape (..., 4), XYZW, got "
-                             f"shape {tuple(x.shape)}")
-        if not on_host(x) or not x.numel():
-            return
-        tolerance = _unit_tolerance(x.dtype)
-        y = x.reshape(-1, 4).to(torch.promote_types(x.dtype, torch.float32))
-        smallest, largest = torch.aminmax((y * y) @ y.new_ones(4))   # squared norms
-        if (1 - tolerance) ** 2 <= float(smallest) and float(largest) <= (1 + tolerance) ** 2:
-            return                      # (NaN and ±inf have no norm within the tolerance)
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} must be finite unit quaternions: some are NaN or infinite")
-        off = max(abs(float(smallest) ** 0.5 - 1), abs(float(largest) ** 0.5 - 1))
-        raise ValueError(f"{name} must be unit quaternions: some norms differ from 1 by more "
-                         f"than {tolerance:.3g} (the largest by {off:.3g})")
+        check_unit_vectors(x, name, self, 4, "unit quaternions (XYZW)")
 
     def _times(self, t: Tensor, x: Tensor, dtype: torch.dtype) -> Tensor:
         """r·t in ``dtype``: 0-d if t is (one time for the whole call), else one per rotation (N,)."""
@@ -203,13 +186,6 @@ def _as_float64(omega, eps2):
         raise ValueError("eps2 must be positive (eps2 = 4 * rate * t)")
     omega, eps2 = torch.broadcast_tensors(omega.double(), eps2.to(omega.device).double())
     return omega, eps2, dtype
-
-
-def _unit_tolerance(dtype: torch.dtype) -> float:
-    """| |q| − 1 | accepted for quaternions stored in ``dtype``: 1e-3, or twice the dtype's
-    epsilon where that is larger (a correctly rounded unit quaternion is off by at most half
-    an epsilon: 0.004 in bfloat16, 5e-4 in float16)."""
-    return max(UNIT_TOLERANCE, 2 * torch.finfo(dtype).eps)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:

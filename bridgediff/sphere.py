@@ -34,8 +34,7 @@ import torch
 from torch import Tensor
 
 from . import _igso3
-from ._util import (as_param, exact_rejection, on_host, positive, require_float,
-                    use_host_path)
+from ._util import as_param, check_unit_vectors, exact_rejection, positive, use_host_path
 from .process import Process
 
 __all__ = ["SphereBrownian"]
@@ -426,10 +425,6 @@ def _bridge(a: Tensor, b: Tensor, tau_a: Tensor, tau_b: Tensor, generator) -> Te
 
 # ---------------------------------------------------------------- the process
 
-def _unit_tolerance(dtype: torch.dtype) -> float:
-    return max(1e-3, 8 * torch.finfo(dtype).eps)
-
-
 class SphereBrownian(Process):
     r"""Brownian motion on the unit sphere S², on unit vectors of shape (..., 3).
 
@@ -503,17 +498,7 @@ class SphereBrownian(Process):
         self.rate = positive("rate", rate)
 
     def check_state(self, x: Tensor, name: str) -> None:
-        require_float(x, name, self)
-        if x.ndim < 1 or x.shape[-1] != 3:
-            raise ValueError(f"{name} must be unit vectors of shape (..., 3), got shape "
-                             f"{tuple(x.shape)}")
-        if on_host(x) and x.numel():
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError(f"{name} must be finite unit vectors, got NaN or inf")
-            tol = _unit_tolerance(x.dtype)
-            if not bool(((x.norm(dim=-1) - 1).abs() <= tol).all()):
-                raise ValueError(f"{name} must be unit vectors: some norms differ from 1 by "
-                                 f"more than {tol:g}")
+        check_unit_vectors(x, name, self, 3, "unit vectors")
 
     def _tau(self, t: Tensor, x: Tensor) -> Tensor:
         """τ = r t per vector, flattened to (N,), in float64."""
