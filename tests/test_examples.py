@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ["spiral", "circle", "rotations", "joint_digits", "guided_digits", "custom_process"]
+EXAMPLES = ["spiral", "circle", "rotations", "joint_digits", "guided_digits", "custom_process",
+            "protein_frames"]
 
 
 def _run_and_check_png(command, out: Path, png: str):
