@@ -274,10 +274,12 @@ class CenteredOrnsteinUhlenbeck(OrnsteinUhlenbeck):
     subspace of the data's centroid (L − 1 dimensions per coordinate), the equilibrium taken
     with that centroid.
 
-    Masks are elementwise (event_ndim 0): the free functions keep unmasked elements at their
+    Masks are elementwise (event_ndim 0): the free functions keep held elements at their
     given values after the process has drawn all of them, so with a mask the centroid of the
-    result is in general *not* the input's; centre the data on the residues you hold fixed
-    before and after sampling if you need it exact.
+    result is in general *not* the input's, and a masked step is not this process's bridge
+    (the projection couples every residue to the held ones). To hold a motif exactly, use a
+    plain :class:`OrnsteinUhlenbeck` in the motif's frame, whose elements are independent
+    (``examples/protein_frames.py`` does so).
     """
 
     mean = 0.0  # OU's formulas with μ = 0 serve the centred part; the centroid stays put

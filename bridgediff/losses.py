@@ -45,21 +45,24 @@ def standard_loss(process, t, x0_hat, x0, *, scaler=None) -> Tensor:
             A component with no masked element (or no element at all) contributes 0.
         scaler: optional callable ``(process, t) -> tensor`` replacing ``process.scaler``; it
             receives t on the data's device and dtype, 0-d or shaped (B, 1, ..., 1) like the
-            state, and is applied to every leaf of a structure. It must return a tensor that
-            broadcasts like t: 0-d, (B,), or (B, 1, ..., 1).
+            state, and must return a tensor that broadcasts like t: 0-d, (B,), or
+            (B, 1, ..., 1). One callable serves every leaf of a structure; a structure of
+            callables matching ``process`` gives each component its own (None: the
+            process's default).
 
     Returns:
         a 0-d tensor, differentiable with respect to ``x0_hat``.
     """
-    if scaler is not None and not callable(scaler):
-        raise TypeError(f"scaler must be callable (process, t) -> tensor, "
-                        f"got {type(scaler).__name__}")
-    losses = map_tree(lambda p, a, b, tt: _leaf_loss(p, tt, a, b, scaler),
-                      process, (x0_hat, x0, t), ("x0_hat", "x0", "t"), shared=(2,))
+    losses = map_tree(lambda p, a, b, tt, c: _leaf_loss(p, tt, a, b, c),
+                      process, (x0_hat, x0, t, scaler), ("x0_hat", "x0", "t", "scaler"),
+                      shared=(2, 3))
     return sum(leaves(losses))
 
 
 def _leaf_loss(process: Process, t, x0_hat, x0, scaler) -> Tensor:
+    if scaler is not None and not callable(scaler):
+        raise TypeError(f"scaler must be callable (process, t) -> tensor, or a structure of "
+                        f"them matching the processes, got {type(scaler).__name__}")
     x, mask = split(x0, process, "x0")
     if isinstance(x0_hat, Masked):
         if mask is None:

@@ -234,10 +234,10 @@ def position_law(t):
     return torch.exp(-theta * t), -VOLATILITY ** 2 * torch.expm1(-2 * theta * t) / (2 * theta)
 
 
-def loss_scaler(process, t):
+def position_scaler(process, t):
     """v_t for positions, so that the network's position output (in units of √v_t) counts
-    alike at every t, as in EDM (Karras et al. 2022); Diffusions.jl's default for the rest."""
-    return position_law(t)[1] if process is PROCESS["pos"] else process.scaler(t)
+    alike at every t, as in EDM (Karras et al. 2022); the others keep Diffusions.jl's default."""
+    return position_law(t)[1]
 
 
 def training_step(model, optimizer, data, batch_size, generator):
@@ -249,7 +249,7 @@ def training_step(model, optimizer, data, batch_size, generator):
     x_t = bd.unmasked(bd.sample_forward(PROCESS, t, x0, generator=generator))
     x0_prev = bd.self_conditioning_input(model, x_t, t, generator=generator, process=PROCESS)
     loss = bd.standard_loss(PROCESS, t, model(x_t, x0_prev, t), x0,  # free residues only
-                            scaler=loss_scaler)
+                            scaler={"pos": position_scaler, "rot": None, "aa": None})
     optimizer.zero_grad()
     loss.backward()
     nn.utils.clip_grad_norm_(model.parameters(), 1.0)

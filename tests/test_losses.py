@@ -328,3 +328,19 @@ def test_a_custom_loss_of_the_wrong_shape_is_named():
 
     with pytest.raises(TypeError, match="Summed.loss must return one loss per element"):
         bd.standard_loss(Summed(), 1.0, torch.zeros(B, 3), torch.ones(B, 3))
+
+
+def test_a_structure_of_scalers_gives_each_component_its_own():
+    P = {"a": bd.OrnsteinUhlenbeck(), "b": bd.BrownianMotion()}
+    x0 = {"a": torch.ones(B, 3), "b": torch.ones(B, 2)}
+    x0_hat = {"a": torch.zeros(B, 3), "b": torch.zeros(B, 2)}
+    t = torch.rand(B, generator=torch.Generator().manual_seed(3)) + 0.1
+    double = lambda p, tt: 2 * p.scaler(tt)
+    mixed = bd.standard_loss(P, t, x0_hat, x0, scaler={"a": double, "b": None})
+    parts = (bd.standard_loss(P["a"], t, x0_hat["a"], x0["a"], scaler=double)
+             + bd.standard_loss(P["b"], t, x0_hat["b"], x0["b"]))
+    torch.testing.assert_close(mixed, parts)
+    with pytest.raises(TypeError, match="scaler must be callable"):
+        bd.standard_loss(P, t, x0_hat, x0, scaler={"a": 2.0, "b": None})
+    with pytest.raises(ValueError, match="keys"):
+        bd.standard_loss(P, t, x0_hat, x0, scaler={"a": double})
