@@ -1,6 +1,7 @@
 """Private helpers shared by the processes and the free functions."""
 
 import contextlib
+import operator
 
 import torch
 from torch import Tensor
@@ -118,6 +119,19 @@ def positive(name: str, value):
     """Check that a process parameter is a positive, finite scalar; return it unchanged."""
     if not bool(torch.as_tensor(real(name, value)).detach() > 0):
         raise ValueError(f"{name} must be positive and finite, got {float(value)}")
+    return value
+
+
+def integer_at_least(name: str, value, minimum: int) -> int:
+    """``value`` as a Python int (numpy integers too; bool refused) that is at least ``minimum``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer of at least {minimum}, got {value}")
     return value
 
 

@@ -19,12 +19,11 @@ non-negative weights, normalised internally. The loss takes logits (..., k).
 """
 
 import math
-import operator
 
 import torch
 from torch import Tensor
 
-from ._util import as_param, on_host, positive, rand, use_host_path
+from ._util import as_param, integer_at_least, on_host, positive, rand, use_host_path
 from .process import Process
 
 __all__ = ["UniformDiscrete", "IndependentDiscrete", "GeneralDiscrete", "AbsorbingDiscrete"]
@@ -86,16 +85,6 @@ def _looks_like_probabilities(x: Tensor) -> bool:
     """Whether every entry of ``x`` (..., k) is in [0, 1] and every row sums to 1 (1e-5)."""
     x = x.detach()
     return bool(((x >= 0) & (x <= 1)).all() & ((x.sum(-1) - 1).abs() <= 1e-5).all())
-
-
-def _num_states(name: str, k) -> int:
-    try:
-        k = operator.index(k)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(k).__name__}") from None
-    if k < 2:
-        raise ValueError(f"{name} must be at least 2, got {k}")
-    return k
 
 
 def _float64_tensor(name: str, value, ndim: int) -> Tensor:
@@ -397,7 +386,7 @@ class UniformDiscrete(_Jumps):
 
     def __init__(self, rate, k):
         self.rate = positive("rate", rate)
-        self.k = _num_states("k", k)
+        self.k = integer_at_least("k", k, 2)
         self._n_states = self.k
 
     def _pi_at(self, states, like):
@@ -429,7 +418,7 @@ class IndependentDiscrete(_Jumps):
         if bool((pi < 0).any()) or not bool(pi.sum() > 0):
             raise ValueError(f"pi must be non-negative with a positive sum, got "
                              f"{pi[:8].tolist()}")
-        self.k = _num_states("len(pi)", pi.shape[0])
+        self.k = integer_at_least("len(pi)", pi.shape[0], 2)
         self._n_states = self.k
         self.pi = pi / pi.sum()
         self._accept, self._alias = _alias_table(self.pi)
@@ -484,7 +473,7 @@ class GeneralDiscrete(_MarkovChain):
         Q = _float64_tensor("Q", Q, ndim=2)
         if Q.shape[0] != Q.shape[1]:
             raise ValueError(f"Q must be a square rate matrix, got shape {tuple(Q.shape)}")
-        self.k = _num_states("Q's size", Q.shape[0])
+        self.k = integer_at_least("Q's size", Q.shape[0], 2)
         self._n_states = self.k
         off = Q - torch.diag(Q.diagonal())
         if bool((off < 0).any()):
@@ -651,7 +640,7 @@ class AbsorbingDiscrete(_Discrete):
 
     def __init__(self, rate, k):
         self.rate = positive("rate", rate)
-        self.k = _num_states("k", k)
+        self.k = integer_at_least("k", k, 2)
         self._n_states = self.k + 1
 
     def _masking(self, u: Tensor) -> Tensor:

@@ -1,11 +1,12 @@
 """Time grids for the backward sampler."""
 
 import math
-import operator
 import sys
 
 import torch
 from torch import Tensor
+
+from ._util import integer_at_least
 
 __all__ = ["time_schedule"]
 
@@ -35,7 +36,7 @@ def time_schedule(f, lb, ub, n, *, finv=None) -> Tensor:
         a 1-D tensor (n,) of the default float dtype, strictly increasing and positive, whose
         ends are ``lb`` and ``ub`` up to rounding.
     """
-    n = _count(n)
+    n = integer_at_least("n", n, 2)
     lb, ub = _time("lb", lb), _time("ub", ub)
     if not lb > 0:
         raise ValueError(f"lb must be a positive time (the first of the schedule), got {lb}")
@@ -61,16 +62,6 @@ def time_schedule(f, lb, ub, n, *, finv=None) -> Tensor:
     return times
 
 
-def _count(n) -> int:
-    if isinstance(n, bool):
-        raise TypeError("n must be an integer, got bool")
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"n must be an integer, got {type(n).__name__}") from None
-    if n < 2:
-        raise ValueError(f"n must be an integer >= 2, got {n}")
-    return n
 
 
 def _time(name: str, value) -> float:

@@ -10,6 +10,7 @@ from scipy import stats
 
 import bridgediff as bd
 from stats import assert_binomial, assert_categorical, assert_ks, assert_ks_2samp
+from test_sampling import ScaledBrownian  # a user's process with only the two protocol methods
 
 VP = bd.OrnsteinUhlenbeck(mean=0.0, volatility=1.0, reversion=0.5)
 N_TRAIN = 1000
@@ -116,21 +117,6 @@ def test_log_linear_masking_masks_a_fraction_proportional_to_t():
 
 
 # ---------------------------------------------------------------- identities of any time change
-
-class ScaledBrownian(bd.Process):
-    """A user's process with only the two protocol methods: x_t ~ N(x0, scale² t)."""
-
-    def __init__(self, scale):
-        self.scale = scale
-
-    def sample_forward(self, t, x0, generator=None):
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-        return x0 + self.scale * t.sqrt() * noise
-
-    def endpoint_conditioned_sample(self, s, t, x0, x_t, generator=None):
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-        return x0 + s / t * (x_t - x0) + self.scale * (s * (t - s) / t).sqrt() * noise
-
 
 def custom_clock(t):
     return torch.expm1(2 * t)          # τ(t) = e^{2t} − 1: increasing, τ(0) = 0
