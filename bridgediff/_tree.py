@@ -26,16 +26,21 @@ def children(node):
     return list(node.items()) if isinstance(node, dict) else list(enumerate(node))
 
 
+def _keys(d: dict) -> str:
+    """A dict's keys as a sorted list, each by repr (so that 0 and '0' differ)."""
+    return "[" + ", ".join(sorted(map(repr, d))) + "]"
+
+
 def _check_match(node, arg, name: str, what: str = "") -> None:
     """Raise unless ``arg`` is a container matching ``node`` (described as ``what``)."""
     what = what or f"the {type(node).__name__} of processes"
     if isinstance(node, dict):
         if not isinstance(arg, dict):
-            raise TypeError(f"{name} must be a dict with keys {sorted(map(str, node))} to match "
+            raise TypeError(f"{name} must be a dict with keys {_keys(node)} to match "
                             f"{what}, got {type(arg).__name__}")
         if set(arg) != set(node):
-            raise ValueError(f"{name} has keys {sorted(map(str, arg))} but {what} has "
-                             f"{sorted(map(str, node))}")
+            raise ValueError(f"{name} has keys {_keys(arg)} but {what} has "
+                             f"{_keys(node)}")
         return
     if not isinstance(arg, _SEQUENCES):
         raise TypeError(f"{name} must be a tuple or list of {len(node)} components to match "

@@ -242,7 +242,7 @@ class _Discrete(Process):
         probability tensors (..., k), normalised; probabilities in, probabilities out.
 
         A state where either guess puts no weight gets none (the limit for w in (0, 1); for
-        w > 1 a state only the conditional allows would otherwise weigh infinitely); where no
+        w > 1, or w < 0, a state only one guess allows would otherwise weigh infinitely); where no
         state has weight under both, the result is the conditional guess, normalised.
         Hard states cannot be mixed: they are refused (``bd.Guided`` passes them through
         itself for w = 0 and w = 1).
@@ -292,9 +292,12 @@ class _MarkovChain(_Discrete):
         return _log_at(self._bridge_probs(s, t, x0, x_t), x_s).to(t.dtype)
 
     def bridge_kl(self, t0, s, t, x0, x0_hat, x_t, generator=None):
-        """Exact KL of the two categorical bridges (x0_hat hard or probabilities; no draw)."""
-        q = self._bridge_probs(s - t0, t - t0, x0, x_t)
-        return _categorical_kl(q, self._bridge_probs(s, t, x0_hat, x_t)).to(t.dtype)
+        """Exact KL of the two categorical bridges (x0_hat hard or probabilities; no draw),
+        in float64: Σ q log(q/p) cancels where q ≈ p, which float32 would bias upwards."""
+        t0, s64, t64 = t0.double(), s.double(), t.double()
+        x0_hat = x0_hat.double() if x0_hat.is_floating_point() else x0_hat
+        q = self._bridge_probs(s64 - t0, t64 - t0, x0, x_t)
+        return _categorical_kl(q, self._bridge_probs(s64, t64, x0_hat, x_t)).to(t.dtype)
 
 
 # ---------------------------------------------------------------- jumps to a fixed law
@@ -364,11 +367,14 @@ class _Jumps(_MarkovChain):
 
     def prior_kl(self, t0, T, x0, generator=None):
         """KL(P(u)[x0, :] || π), u = T − t0, O(1) per element: with q_i = α + (1 − α) π_i,
-        q_i log(q_i / π_i) + (1 − α)(1 − π_i) log(1 − α)."""
-        stay, jump = self._decay(T - t0)
-        pi_i = self._pi_vector(T)[x0.long()]
-        return (torch.xlogy(stay + jump * pi_i, stay / pi_i + jump)
-                + torch.xlogy(jump * (1 - pi_i), jump))
+        q_i log(q_i / π_i) + (1 − α)(1 − π_i) log(1 − α), in float64 (the two terms are O(α)
+        and cancel to O(α²))."""
+        u = T.double() - t0.double()
+        stay, jump = self._decay(u)
+        pi_i = self._pi_vector(u)[x0.long()]
+        kl = (torch.xlogy(stay + jump * pi_i, stay / pi_i + jump)
+              + torch.xlogy(jump * (1 - pi_i), jump))
+        return kl.clamp_min(0).to(T.dtype)
 
 
 class UniformDiscrete(_Jumps):
@@ -555,7 +561,7 @@ class GeneralDiscrete(_MarkovChain):
 
     def prior_kl(self, t0, T, x0, generator=None):
         """KL(P(T − t0)[x0, :] || π), O(k) per element."""
-        q = self._row(T - t0, x0.long())
+        q = self._row(T.double() - t0.double(), x0.long())
         return _categorical_kl(q, self._stationary_law_or_raise(q)).to(T.dtype)
 
 
@@ -647,12 +653,19 @@ class AbsorbingDiscrete(_Discrete):
         """1 − e^{−ru}, the probability of being masked at time u."""
         return -torch.expm1(-as_param(self.rate, u) * u)
 
+    def _log_unmasking(self, s: Tensor, t: Tensor) -> Tensor:
+        """log(1 − ρ), ρ = (1 − e^{−rs}) / (1 − e^{−rt}) the bridge's P(x_s = k | x_t = k):
+        1 − ρ = e^{−rs} (1 − e^{−r(t−s)}) / (1 − e^{−rt}), without the cancellation of 1 − ρ
+        (ρ rounds to 1 once e^{−rs} < eps)."""
+        return (-as_param(self.rate, s) * s + torch.log(self._masking(t - s))
+                - torch.log(self._masking(t)))
+
     def _forward(self, t, x0, generator=None):
         masked = rand(t, generator, shape=x0.shape) < self._masking(t)
         return torch.where(masked, self.k, x0)
 
     def _hard_bridge(self, s, t, x0, x_t, generator):
-        unmasked_by_s = rand(t, generator, shape=x_t.shape) >= self._masking(s) / self._masking(t)
+        unmasked_by_s = rand(t, generator, shape=x_t.shape) < self._log_unmasking(s, t).exp()
         return torch.where((x_t == self.k) & unmasked_by_s, x0, x_t)
 
     def _soft_bridge(self, s, t, probs, x_t, generator):
@@ -698,17 +711,23 @@ class AbsorbingDiscrete(_Discrete):
     def bridge_log_prob(self, s, t, x0, x_t, x_s):
         rho = self._masking(s) / self._masking(t)
         p = self._probability_of(x0, x_s).to(t.dtype)
-        from_mask = torch.where(x_s == self.k, rho.log(), torch.log1p(-rho) + p.log())
+        from_mask = torch.where(x_s == self.k, rho.log(), self._log_unmasking(s, t) + p.log())
         stays = torch.where(x_s == x_t, 0.0, -math.inf).to(t.dtype)
         return torch.where(x_t == self.k, from_mask, stays)
 
     def bridge_kl(self, t0, s, t, x0, x0_hat, x_t, generator=None):
         r"""Where x_t = k, with ρ = P(x_s = k) under each bridge,
         :math:`ρ_q \log(ρ_q/ρ_p) + (1 − ρ_q) \log((1 − ρ_q) / ((1 − ρ_p)\,\hat p_{x_0}))`;
-        0 elsewhere (both bridges stay at x_t)."""
+        0 elsewhere (both bridges stay at x_t). In float64, with 1 − ρ formed in log space (see
+        ``_log_unmasking``), so that the bound stays finite and precise for large r·T."""
+        dtype, t0, s, t = t.dtype, t0.double(), s.double(), t.double()
+        x0_hat = x0_hat.double() if x0_hat.is_floating_point() else x0_hat
         rho_q = self._masking(s - t0) / self._masking(t - t0)
         rho_p = self._masking(s) / self._masking(t)
-        p = self._probability_of(x0_hat, x0).to(t.dtype)
+        log_unmask_q = self._log_unmasking(s - t0, t - t0)
+        p = self._probability_of(x0_hat, x0).double()
+        log_ratio = log_unmask_q - self._log_unmasking(s, t) - p.log()
+        unmask_q = log_unmask_q.exp()       # where p̂ = 0 < unmask_q the KL is +inf
         kl = (torch.xlogy(rho_q, rho_q / rho_p)
-              + torch.xlogy(1 - rho_q, (1 - rho_q) / ((1 - rho_p) * p)))
-        return torch.where(x_t == self.k, kl.clamp_min(0), 0.0)
+              + torch.where(unmask_q > 0, unmask_q * log_ratio, 0.0))
+        return torch.where(x_t == self.k, kl.clamp_min(0), 0.0).to(dtype)

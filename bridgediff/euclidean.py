@@ -304,16 +304,29 @@ class CenteredOrnsteinUhlenbeck(OrnsteinUhlenbeck):
     def _centroid(self, x: Tensor) -> Tensor:
         return x.mean(dim=self.dim, keepdim=True)
 
+    def _check_shared_time(self, t: Tensor, x: Tensor, name: str = "t") -> None:
+        """Refuse times that differ along ``dim``: the projection would mix elements noised to
+        different times (say dim resolves to the batch dimension and t is per row)."""
+        from_end = x.ndim - self.dim % x.ndim          # dim counted from the right
+        if t.ndim >= from_end and t.shape[t.ndim - from_end] > 1:
+            raise ValueError(f"{name} varies along dim={self.dim}, the dimension whose centroid "
+                             f"{type(self).__name__} holds (data shape {tuple(x.shape)}): the "
+                             f"elements of one centroid must share a time; for data (B, L, 3) "
+                             f"with one time per row, use dim=-2")
+
     def _projected_noise(self, like: Tensor, generator) -> Tensor:
         eps = randn(like, generator)
         return eps - self._centroid(eps)
 
     def _forward_law(self, t, x0):
+        self._check_shared_time(t, x0)
         a, v = self._decay_and_variance(t, x0)
         c0 = self._centroid(x0)
         return c0 + a * (x0 - c0), v
 
     def _bridge_law(self, s, t, x0, x_t):
+        self._check_shared_time(s, x_t, "s")
+        self._check_shared_time(t, x_t)
         alpha, beta, _, var = self._bridge_coefficients(s, t, x_t)
         x0 = x0.to(x_t.dtype)
         c_t = self._centroid(x_t)
@@ -337,6 +350,8 @@ class CenteredOrnsteinUhlenbeck(OrnsteinUhlenbeck):
 
     def eta_bridge(self, s, t, x0, x_t, eta, generator=None):
         """OU's eta-step on the centred parts, with projected noise; x_t's centroid kept."""
+        self._check_shared_time(s, x_t, "s")
+        self._check_shared_time(t, x_t)
         a_s, v_s = self._decay_and_variance(s, x_t)
         a_t, v_t = self._decay_and_variance(t, x_t)
         _, v_d = self._decay_and_variance(t - s, x_t)

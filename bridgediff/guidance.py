@@ -5,7 +5,7 @@ affine in x0, ∇log p_t(x) = (m_t(x0_hat) − x)/v_t, so the guided x0
 u + w (c − u) is the x0 of the combined score (1 − w) ∇log p_t(x) + w ∇log p_t(x | y)
 = ∇log [p_t(x)^{1−w} p_t(x | y)^w]. Each space combines its guesses in its own geometry
 (the process's ``guide`` hook): affine in x0 (Euclidean), in logits (discrete), in the
-tangent space (circle, rotations).
+tangent space (circle, rotations, along great circles on the sphere).
 
 What guidance samples: with w = 0 or 1 and exact guesses, the unconditional or conditional
 law; for other w, not the tilted law p(x) p(y | x)^w in general, even for Gaussians: the
@@ -22,6 +22,7 @@ from torch import Tensor
 from ._tree import leaves, map_tree
 from .masked import Masked
 from .process import Process
+from .sampling import check_endpoints
 
 __all__ = ["Guided"]
 
@@ -47,10 +48,13 @@ class Guided:
       logits); probabilities in, probabilities out; hard states only for w ∈ {0, 1};
     * circle: wrap(u + w · wrap(c − u));
     * rotations: q_u exp(w log(q_u⁻¹ q_c)) (the geodesic through both, extrapolated for w > 1);
+    * sphere: along the great circle from u through c, to the angle w·∠(u, c);
     * ``bd.TimeChanged``: its base process's rule; a custom process: its ``guide`` hook.
 
-    w = 1 returns the conditional guess and w = 0 the unconditional one unchanged, for every
-    process (the hook is not called); a guess that only w = 0 (or only w = 1) needs is not
+    Both guesses are checked against x_t as ``sample_backward`` checks a guess (shape, dtype
+    and, for CPU tensors, values), each blamed by name. w = 1 returns the conditional guess
+    and w = 0 the unconditional one unchanged, for every process (the hook is not called);
+    a guess that only w = 0 (or only w = 1) needs is not
     evaluated for structures whose weights are all 1 (all 0).
 
     Args:
@@ -82,20 +86,24 @@ class Guided:
         if all(w == 0 for w in weights):
             return self.unconditional(x_t, t)
         return map_tree(_guide_leaf, self.process,
-                        (self.unconditional(x_t, t), self.conditional(x_t, t), self.weights),
-                        ("unconditional(x_t, t)", "conditional(x_t, t)", "w"), out=1)
+                        (x_t, self.unconditional(x_t, t), self.conditional(x_t, t), self.weights),
+                        ("x_t", "unconditional(x_t, t)", "conditional(x_t, t)", "w"), out=2)
 
     def __repr__(self) -> str:
         return f"Guided(w={self.w!r})"
 
 
-def _guide_leaf(process: Process, u, c, w: float):
+def _guide_leaf(process: Process, x_t, u, c, w: float):
+    """One component: both guesses checked against x_t as a bridge checks its x0 (shape,
+    dtype and, on the host, values), then combined by the process's rule."""
+    x_t = x_t.x if isinstance(x_t, Masked) else x_t
     u = u.x if isinstance(u, Masked) else u
     c = c.x if isinstance(c, Masked) else c
     for name, x in (("unconditional", u), ("conditional", c)):
         if not isinstance(x, Tensor):
             raise TypeError(f"{name}(x_t, t) must return tensors matching x_t's structure, "
                             f"got {type(x).__name__}")
+        check_endpoints(process, x, x_t, f"{name}(x_t, t)")
     if w == 1:
         return c
     if w == 0:

@@ -13,7 +13,7 @@ from torch import Tensor
 from ._tree import leaves, map_tree, rewrap, split, state_mask, unmasked
 from .masked import Masked
 from .process import Process, time_dtype
-from .sampling import _cast, _check_callable, _check_endpoints, as_time, check_timesteps
+from .sampling import _cast, _check_callable, _time_grids, as_time, check_endpoints
 
 __all__ = ["elbo"]
 
@@ -46,13 +46,15 @@ def elbo(guess, process, x0, timesteps, *, generator=None) -> Tensor:
     √t_1 away from x_0 while the chain's last step moves only √(t_1 − t_0), and diverge.
 
     Densities are per element, summed over every non-batch dimension: with respect to
-    Lebesgue measure for real data, counting measure for discrete states, Lebesgue measure on
-    [−π, π) for angles, and the Haar probability measure for rotations. Closed forms: every KL
-    of OrnsteinUhlenbeck, BrownianMotion and the discrete processes (soft x0_hat: the KL of
-    the marginalised bridge; O(k) per element for Uniform, Independent and Absorbing, O(k²)
-    for GeneralDiscrete's soft x0_hat). Monte Carlo from exact densities: WrappedBrownian
-    (wrapped normal) and RotationDiffusion (IGSO(3)). Two chains have no equilibrium start,
-    and their prior is stated: BrownianMotion's chain starts from N(0, rate·T) (the law of
+    Lebesgue measure for real data (on the zero-mean subspace for CenteredOrnsteinUhlenbeck),
+    counting measure for discrete states, Lebesgue measure on [−π, π) for angles, the area
+    measure of S² (total 4π) for SphereBrownian, and the Haar probability measure for
+    rotations. Closed forms: every KL of OrnsteinUhlenbeck (and its centred variant),
+    BrownianMotion and the discrete processes (soft x0_hat: the KL of the marginalised bridge;
+    O(k) per element for Uniform, Independent and Absorbing, O(k²) for GeneralDiscrete's soft
+    x0_hat; in float64). Monte Carlo from exact densities: WrappedBrownian (wrapped normal),
+    RotationDiffusion (IGSO(3)) and SphereBrownian (the S² heat kernel). Two chains have no
+    equilibrium start, and their prior is stated: BrownianMotion's chain starts from N(0, rate·T) (the law of
     ``sample_forward(P, T, zeros)``); AbsorbingDiscrete's from all-masked, with q conditioned
     on x_T = mask so that its prior KL is 0. A custom process supplies the hooks of
     ``bd.Process`` (``forward_log_prob`` and ``equilibrium_log_prob`` suffice, the rest have
@@ -67,7 +69,9 @@ def elbo(guess, process, x0, timesteps, *, generator=None) -> Tensor:
         x0: data (B, ...), a tensor or ``bd.Masked`` (only diffusing elements count, held ones
             contribute 0), or a matching structure of them.
         timesteps: increasing positive times (n + 1,), n >= 1, as for ``sample_backward``:
-            the chain starts at ``timesteps[-1]`` and outputs at ``timesteps[0]``.
+            the chain starts at ``timesteps[-1]`` and outputs at ``timesteps[0]``; or, for a
+            structure of processes, a matching structure of such grids, all of one length
+            (one clock per component; the guess then receives t as that structure).
         generator: a ``torch.Generator`` for the draws.
 
     Returns:
@@ -83,27 +87,33 @@ def elbo(guess, process, x0, timesteps, *, generator=None) -> Tensor:
         posterior_mean = lambda x_t, t: x_t * torch.exp(-0.5 * t)   # exact for N(0, I) data
         times = bd.time_schedule(torch.exp, 1e-3, 8.0, 101, finv=math.log)
         nelbo = bd.elbo(posterior_mean, P, x0, times)         # (1000,) nats
-        nelbo.mean()      # about 3.2 nats: −log p(x0) averages log(2πe) = 2.84, and 100
-                          # steps with the posterior mean add about 0.15 nats per dimension
+        nelbo.mean()      # about 3.1 nats: −log p(x0) averages log(2πe) = 2.84, and 100
+                          # steps with the posterior mean add about 0.145 nats per dimension
     """
     _check_callable(guess, "guess", "(x_t, t) -> x0_hat")
     map_tree(_check_data, process, (x0,), ("x0",))
     states = leaves(unmasked(x0))
-    times = check_timesteps(timesteps, time_dtype(*states)).to(states[0].device)
-    if len(times) < 2:
+    if len({x.shape[0] for x in states}) > 1:
+        raise ValueError(f"every component of x0 needs the same batch size B (its first "
+                         f"dimension): the result is one value per sample, got batch sizes "
+                         f"{[x.shape[0] for x in states]}")
+    n, times_at = _time_grids(process, timesteps, x0)
+    if n < 2:
         raise ValueError(f"timesteps must hold at least 2 times (one step of the chain), got "
-                         f"{len(times)}")
-    t0, T = times[0], times[-1]
-    total = _sum(map_tree(lambda p, x: _prior_leaf(p, t0, T, x, generator), process, (x0,),
-                          ("x0",)))
-    for i in range(len(times) - 1, 0, -1):
-        s, t = times[i - 1], times[i]
-        x_t = map_tree(lambda p, x: _latent_leaf(p, t0, t, T, x, generator), process, (x0,),
-                       ("x0",))
+                         f"{n}")
+    t0, T = times_at(0), times_at(n - 1)
+    # times are shared leaves or structures matching the processes (one grid per component)
+    total = _sum(map_tree(lambda p, x, a, b: _prior_leaf(p, a, b, x, generator), process,
+                          (x0, t0, T), ("x0", "t0", "T"), shared=(1, 2)))
+    for i in range(n - 1, 0, -1):
+        s, t = times_at(i - 1), times_at(i)
+        x_t = map_tree(lambda p, x, a, u, b: _latent_leaf(p, a, u, b, x, generator), process,
+                       (x0, t0, t, T), ("x0", "t0", "t", "T"), shared=(1, 2, 3))
         x0_hat = guess(unmasked(x_t), t)
         step = _step_leaf if i > 1 else _last_leaf
-        terms = map_tree(lambda p, x, h, xt: step(p, t0, s, t, x, h, xt, generator),
-                         process, (x0, x0_hat, x_t), ("x0", "guess(x_t, t)", "x_t"))
+        terms = map_tree(lambda p, x, h, xt, a, u, v: step(p, a, u, v, x, h, xt, generator),
+                         process, (x0, x0_hat, x_t, t0, s, t),
+                         ("x0", "guess(x_t, t)", "x_t", "t0", "s", "t"), shared=(3, 4, 5))
         total = total + _sum(terms)
     return total
 
@@ -148,7 +158,7 @@ def _prediction(process: Process, x0_hat, x_t: Tensor) -> Tensor:
     if not isinstance(x0_hat, Tensor):
         raise TypeError(f"guess(x_t, t) must return a tensor or bd.Masked, got "
                         f"{type(x0_hat).__name__}")
-    _check_endpoints(process, x0_hat, x_t, "guess(x_t, t)")
+    check_endpoints(process, x0_hat, x_t, "guess(x_t, t)")
     return x0_hat
 
 
@@ -173,12 +183,14 @@ def _last_leaf(process: Process, t0, s, t, x0, x0_hat, x_t, generator) -> Tensor
 
 
 def _per_sample(term, x: Tensor, mask, process: Process, hook: str) -> Tensor:
-    """A hook's per-element term, checked, held elements zeroed, summed to (B,)."""
+    """A hook's per-element term, checked, held elements zeroed, summed to (B,), in the data's
+    float dtype (a float64 guess does not promote float32 data)."""
     state = x.shape[:x.ndim - process.event_ndim]
     if not isinstance(term, Tensor) or term.shape != state:
         got = tuple(term.shape) if isinstance(term, Tensor) else type(term).__name__
         raise TypeError(f"{type(process).__name__}.{hook} must return one value per element, "
                         f"shape {tuple(state)}, got {got}")
+    term = term.to(time_dtype(x))
     if mask is not None:
         term = torch.where(state_mask(mask, x, process), term, 0)
     return term.flatten(1).sum(-1) if term.ndim > 1 else term

@@ -4,6 +4,7 @@ import torch
 from torch import Tensor
 
 from ._tree import check_mask, leaves, map_tree, split, state_mask
+from ._util import on_host
 from .masked import Masked
 from .process import Process, time_dtype
 from .sampling import as_time, check_positive
@@ -96,7 +97,14 @@ def _per_batch(scale, loss: Tensor, t: Tensor) -> Tensor:
     A scaler that underflows to 0 (t below ~1e-38) is floored so that a perfect prediction
     costs 0, not NaN.
     """
-    scale = torch.as_tensor(scale, dtype=loss.dtype, device=loss.device)
+    try:
+        scale = torch.as_tensor(scale, dtype=loss.dtype, device=loss.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"the scaler must return a tensor or a number, got "
+                        f"{type(scale).__name__}") from None
+    if on_host(scale) and bool((scale < 0).any() | scale.isnan().any()):
+        raise ValueError("the scaler returned negative or NaN values; a scaler divides the "
+                         "loss and must be positive")
     if scale.ndim > 0:
         batch = t.shape[0] if t.ndim else None
         per_row = scale.shape[0] == batch and all(n == 1 for n in scale.shape[1:])

@@ -111,7 +111,7 @@ def _bridge_leaf(process: Process, s, t, x0, x_t, eta, generator, validate: bool
         raise TypeError(f"{x0_name} must be a tensor or bd.Masked, got {type(x0).__name__}")
     if validate:
         process.check_state(xt, "x_t")
-    _check_endpoints(process, x0, xt, x0_name)
+    check_endpoints(process, x0, xt, x0_name)
     dtype = time_dtype(xt, x0)
     ss, tt = as_time(s, xt, process, dtype, "s"), as_time(t, xt, process, dtype, "t")
     if validate:
@@ -136,7 +136,7 @@ def check_eta(eta) -> float:
     return float(eta)
 
 
-def _check_endpoints(process: Process, x0: Tensor, xt: Tensor, x0_name: str) -> None:
+def check_endpoints(process: Process, x0: Tensor, xt: Tensor, x0_name: str) -> None:
     """``process.check_endpoints``, its message naming ``x0_name`` (the guess, in a chain)."""
     if x0_name == "x0":
         process.check_endpoints(x0, xt)
@@ -294,7 +294,14 @@ def check_timesteps(timesteps, dtype: torch.dtype, name: str = "timesteps") -> T
     if not bool(((times > 0) & torch.isfinite(times)).all()):
         raise ValueError(f"{name} must be positive and finite")
     if not bool((times[1:] > times[:-1]).all()):
-        raise ValueError(f"{name} must be strictly increasing (x_T sits at {name}[-1])")
+        collapsed = ""
+        original = (timesteps.detach().cpu().double() if isinstance(timesteps, Tensor)
+                    else torch.as_tensor(timesteps, dtype=torch.float64))
+        if bool((original[1:] > original[:-1]).all()):
+            collapsed = (f"; they are, but steps run in {dtype} (the data's), where some "
+                         f"of them round to the same time")
+        raise ValueError(f"{name} must be strictly increasing (x_T sits at {name}[-1])"
+                         f"{collapsed}")
     return times
 
 
@@ -392,8 +399,9 @@ def sample_backward(guess, process, timesteps, x_T, *, tracker=None, generator=N
       towards p_s (a predictor-corrector scheme). Cost: 1 + k guesses per step.
     * ``repaint``: zero-shot inpainting (RePaint, Lugmayr et al. 2022) for a model trained
       without masks. The held elements (mask False in ``x_T``) are not held at their clean
-      values during the chain: before each guess they are a fresh draw from
-      forward(t, clean value), so the guess sees a state at one noise level; the free
+      values during the chain: before each step's guess they are a fresh draw from
+      forward(t, clean value) (before a corrector's guess, the renoised previous draw: the
+      same law, as in RePaint), so the guess sees a state at one noise level; the free
       elements follow the bridges, and the correctors become RePaint's resampling rounds (the
       whole state renoised, the held part then redrawn from its clean values). The returned
       state holds the clean values at held elements. Without ``repaint`` the guess sees the

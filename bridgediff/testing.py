@@ -27,6 +27,7 @@ Draws use a fixed seed per check, so a report is reproducible.
 """
 
 import math
+import numbers
 import zlib
 from dataclasses import dataclass, replace
 from functools import partial
@@ -37,11 +38,13 @@ import torch
 from torch import Tensor
 
 from ._tree import children, is_node, leaves, map_data, map_tree, unmasked
+from ._util import integer_at_least
 from .circle import WrappedBrownian, WrappedInterpolatedBrownian, _wrap
 from .masked import Masked, masked
 from .process import Process
 from .rotation import RotationDiffusion
 from .sampling import _transition, endpoint_conditioned_sample, sample_equilibrium, sample_forward
+from .timechange import TimeChanged
 
 __all__ = ["check_process", "assert_process_ok", "Report", "CheckResult", "ProcessCheckError",
            "vector_statistic", "angle_statistic", "quaternion_statistic", "state_statistic",
@@ -195,6 +198,8 @@ def state_statistic(x: Tensor, ref: Tensor) -> dict:
 
 
 def _leaf_statistic(process: Process):
+    while isinstance(process, TimeChanged):     # a clock does not change the state space
+        process = process.process
     if isinstance(process, RotationDiffusion):
         return quaternion_statistic
     if isinstance(process, (WrappedBrownian, WrappedInterpolatedBrownian)):
@@ -229,8 +234,14 @@ def _features(statistic, x, ref, prefix="") -> dict:
         feats = {str(j): f for j, f in enumerate(feats.reshape(feats.shape[0], -1).unbind(1))}
     elif not isinstance(feats, dict):
         feats = {str(j): f for j, f in enumerate(feats)}
-    return {prefix + name: torch.as_tensor(f).detach().to("cpu").reshape(-1).numpy()
-            for name, f in feats.items()}
+    n = leaves(unmasked(x))[0].shape[0]
+    out = {prefix + name: torch.as_tensor(f).detach().to("cpu").reshape(-1).numpy()
+           for name, f in feats.items()}
+    for name, f in out.items():
+        if len(f) != n:
+            raise ValueError(f"statistic feature {name!r} has {len(f)} values for {n} samples: "
+                             f"a statistic returns one value per sample (row)")
+    return out
 
 
 # ---------------------------------------------------------------- two-sample tests
@@ -585,11 +596,16 @@ def _validate(process, sample_x0, n, times, alpha):
     if not callable(sample_x0):
         raise TypeError(f"sample_x0 must be a callable (n, generator) -> x0, got "
                         f"{type(sample_x0).__name__}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 100:
-        raise ValueError(f"n must be an integer of at least 100, got {n!r}")
+    n = integer_at_least("n", n, 100)
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"alpha must be a real number in (0, 1), got {type(alpha).__name__}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
-    times = tuple((float(s), float(t)) for s, t in times)
+    try:
+        times = tuple((float(s), float(t)) for s, t in times)
+    except (TypeError, ValueError):
+        raise TypeError(f"times must be a sequence of pairs (s, t), such as ((0.3, 1.0),), got "
+                        f"{times!r}") from None
     if not times or not all(0 < s < t < math.inf for s, t in times):
         raise ValueError(f"times must be a non-empty sequence of pairs (s, t) with "
                          f"0 < s < t, got {times!r}")
@@ -605,7 +621,7 @@ def _validate(process, sample_x0, n, times, alpha):
                              f"dimension n for {type(p).__name__}, got "
                              f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__} "
                              f"for n = 3")
-    return times, leaves
+    return n, times, leaves
 
 
 def check_process(process, sample_x0, *, times=DEFAULT_TIMES, n=100_000, alpha=1e-3,
@@ -620,6 +636,9 @@ def check_process(process, sample_x0, *, times=DEFAULT_TIMES, n=100_000, alpha=1
             identities hold for every x0; spread in x0 only dilutes the features).
         times: pairs (s, t), 0 < s < t, at which the bridge, semigroup and soft-x0 identities
             are checked; all of them at once, one pair per row, for the per-element check.
+            The default reaches t = 3: a process defined on a shorter horizon (such as
+            ``TimeChanged(AbsorbingDiscrete(...), LogLinearMasking())``, t < 1/(1 − eps))
+            needs its own, for instance ((0.05, 0.1), (0.3, 0.6), (0.6, 0.95)).
         n: draws on each side of each statistical check (the exact checks use 512 rows). A
             two-sample KS test flags a feature whose laws differ by a KS distance D once
             sqrt(n / 2)·D exceeds about 2.4 at the Bonferroni level. Measured: an OU bridge
@@ -645,7 +664,7 @@ def check_process(process, sample_x0, *, times=DEFAULT_TIMES, n=100_000, alpha=1
         print(report)            # one row per check: statistic, p-value, the worst feature
         assert report.passed
     """
-    times, leaves = _validate(process, sample_x0, n, times, alpha)
+    n, times, leaves = _validate(process, sample_x0, n, times, alpha)
     if device is not None:
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._util import on_host, positive
+from ._util import integer_at_least, on_host, positive, real
 from .process import Process
 
 __all__ = ["TimeChanged", "AlphaBarSchedule", "ddpm_schedule", "LogLinearMasking"]
@@ -55,9 +55,16 @@ class TimeChanged(Process):
         if not callable(tau):
             raise TypeError(f"tau must be callable on tensors, got {type(tau).__name__}")
         zero = tau(torch.zeros((), dtype=torch.float64))
-        if not isinstance(zero, Tensor) or zero.shape != () or float(zero) != 0:
+        if not isinstance(zero, Tensor):
+            raise TypeError(f"tau must return a tensor of its argument's shape (it is called on "
+                            f"tensors; use torch functions, not math), got "
+                            f"{type(zero).__name__}")
+        if zero.shape != () or float(zero) != 0:
             raise ValueError(f"tau must map a 0-d tensor 0 to a 0-d tensor 0 (a clock starts at "
                              f"0), got {zero!r}")
+        check_base = getattr(tau, "_check_base", None)
+        if check_base is not None:       # the ready-made clocks know the process they drive
+            check_base(process)
         self.process = process
         self.tau = tau
 
@@ -178,7 +185,11 @@ class AlphaBarSchedule:
     """
 
     def __init__(self, alphas_cumprod, reversion=0.5):
-        abar = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)
+        try:
+            abar = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"alphas_cumprod must be a tensor or a sequence of numbers, got "
+                            f"{type(alphas_cumprod).__name__}") from None
         if abar.ndim != 1 or abar.numel() < 1:
             raise ValueError(f"alphas_cumprod must be a non-empty 1-D sequence, got shape "
                              f"{tuple(abar.shape)}")
@@ -191,8 +202,22 @@ class AlphaBarSchedule:
         self._cache = {}
 
     def time(self, step) -> Tensor:
-        """The time t = (n + 1)/N of step(s) n (an integer or integer tensor), float64."""
-        return (torch.as_tensor(step, dtype=torch.float64) + 1) / self.num_steps
+        """The time t = (n + 1)/N of step(s) n, float64: an integer or integer tensor in
+        [−1, N), where n = −1 is the clean data at t = 0 (DDIM's last target)."""
+        n = torch.as_tensor(step)
+        if n.is_floating_point() or n.is_complex() or n.dtype == torch.bool:
+            raise TypeError(f"step must be an integer or an integer tensor, got {n.dtype}")
+        if n.numel() and not bool(((n >= -1) & (n < self.num_steps)).all()):
+            raise ValueError(f"step must lie in [-1, {self.num_steps}), got values in "
+                             f"[{int(n.min())}, {int(n.max())}]")
+        return (n.to(torch.float64) + 1) / self.num_steps
+
+    def _check_base(self, process) -> None:
+        reversion = getattr(process, "reversion", None)
+        if reversion is not None and float(reversion) != float(self.reversion):
+            raise ValueError(f"this clock was built for reversion={float(self.reversion)!r} "
+                             f"(e^(-θτ) = sqrt(ᾱ)), but {type(process).__name__} has "
+                             f"reversion={float(reversion)!r}; pass reversion= to the clock")
 
     def _table(self, like: Tensor) -> Tensor:
         key = (like.device, like.dtype)
@@ -203,7 +228,7 @@ class AlphaBarSchedule:
     def __call__(self, t: Tensor) -> Tensor:
         table, n = self._table(t), self.num_steps
         u = t * n
-        k = u.floor().clamp(0, n - 1)
+        k = u.floor().nan_to_num(0.0).clamp(0, n - 1)     # a NaN time gives a NaN τ
         lo = table[k.long()]
         hi = table[k.long() + 1]
         return (lo + (u - k) * (hi - lo)) / (2 * self.reversion)
@@ -228,9 +253,8 @@ def ddpm_schedule(beta_schedule="linear", *, num_train_timesteps=1000, beta_star
     Use it with ``bd.OrnsteinUhlenbeck(mean=0, volatility=1, reversion=reversion)``; time
     t = (n + 1)/N is diffusers' timestep n (``schedule.time(n)``).
     """
-    n = num_train_timesteps
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"num_train_timesteps must be a positive integer, got {n!r}")
+    n = integer_at_least("num_train_timesteps", num_train_timesteps, 1)
+    beta_start, beta_end = float(real("beta_start", beta_start)), float(real("beta_end", beta_end))
     if beta_schedule == "linear":
         betas = torch.linspace(beta_start, beta_end, n, dtype=torch.float64)
     elif beta_schedule == "scaled_linear":
@@ -271,6 +295,13 @@ class LogLinearMasking:
 
     def __call__(self, t: Tensor) -> Tensor:
         return -torch.log1p(-(1 - self.eps) * t) / self.rate
+
+    def _check_base(self, process) -> None:
+        rate = getattr(process, "rate", None)
+        if rate is not None and float(rate) != float(self.rate):
+            raise ValueError(f"this clock was built for rate={float(self.rate)!r} (masked with "
+                             f"probability (1 - eps) t), but {type(process).__name__} has "
+                             f"rate={float(rate)!r}; pass rate= to the clock")
 
     def __repr__(self) -> str:
         return f"LogLinearMasking(rate={self.rate!r}, eps={self.eps!r})"

@@ -145,6 +145,24 @@ def test_bad_input_raises():
         bd.CenteredOrnsteinUhlenbeck(volatility=0.0)
 
 
+def test_times_must_be_shared_along_the_centred_dimension():
+    """One time per row is fine with dim=-2; times that vary along dim (dim on the batch, or
+    one chain (L, 3) given L times) would mix noise levels inside one centroid."""
+    t = torch.tensor([0.1, 1.0, 2.0, 5.0])
+    x0 = torch.randn(4, 5, 3, generator=gen(7))
+    on_batch = bd.CenteredOrnsteinUhlenbeck(dim=0)
+    for call in (lambda: bd.sample_forward(on_batch, t, x0),
+                 lambda: bd.endpoint_conditioned_sample(on_batch, t / 10, 6.0, x0, x0),
+                 lambda: bd.endpoint_conditioned_sample(on_batch, 0.05, t, x0, x0, eta=0.0),
+                 lambda: bd.sample_forward(bd.CenteredOrnsteinUhlenbeck(), t[:4], x0[0, :4])):
+        with pytest.raises(ValueError, match="varies along dim"):
+            call()
+    x_t = bd.sample_forward(on_batch, 0.5, x0, generator=gen(8))     # one time: fine
+    torch.testing.assert_close(x_t.mean(0), x0.mean(0))
+    x_t = bd.sample_forward(bd.CenteredOrnsteinUhlenbeck(), t, x0, generator=gen(9))
+    torch.testing.assert_close(x_t.mean(1), x0.mean(1))
+
+
 @pytest.mark.parametrize("eta", [0.0, 0.5])
 def test_eta_steps_keep_the_forward_law_and_the_centroid(eta):
     """x_t ~ forward(t), x_s = eta-step(s, t, x0, x_t) gives x_s ~ forward(s) on the subspace,

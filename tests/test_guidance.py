@@ -44,6 +44,11 @@ CASES = {
     "time-changed": (bd.TimeChanged(bd.OrnsteinUhlenbeck(), torch.expm1),
                      lambda i: torch.randn(5, generator=gen(i))),
 }
+# a state x_t that each case's guesses fit
+X_T = {"OU": torch.zeros(5, 3), "discrete-soft": torch.zeros(5, dtype=torch.long),
+       "discrete-hard": torch.full((5,), 4), "circle": torch.zeros(5),
+       "rotation": roma.random_unitquat(5, generator=gen(0)), "custom": torch.zeros(5),
+       "time-changed": torch.zeros(5)}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -63,21 +68,22 @@ def test_w_one_is_the_conditional_and_w_zero_the_unconditional_guess(case):
     assert bd.Guided(process, conditional, unconditional, 1.0)(None, None) is c
     assert bd.Guided(process, conditional, unconditional, 0)(None, None) is u
     assert calls == ["c", "u"]            # the guess that is not needed is not evaluated
-    pair = bd.Guided((process, bd.OrnsteinUhlenbeck()), lambda x, t: (c, u),
-                     lambda x, t: (u, c), (1.0, 0.0))(None, None)
+    pair = bd.Guided((process, process), lambda x, t: (c, u),
+                     lambda x, t: (u, c), (1.0, 0.0))((X_T[case], X_T[case]), None)
     assert pair[0] is c and pair[1] is c
 
 
 def test_euclidean_guidance_is_affine_in_x0():
     u, c = torch.tensor([0.0, 1.0, -2.0]), torch.tensor([1.0, 1.0, 2.0])
-    out = bd.Guided(bd.BrownianMotion(), lambda x, t: c, lambda x, t: u, 3.0)(None, None)
+    out = bd.Guided(bd.BrownianMotion(), lambda x, t: c, lambda x, t: u, 3.0)(torch.zeros(3), None)
     torch.testing.assert_close(out, torch.tensor([3.0, 1.0, 10.0]))
 
 
 def test_discrete_guidance_is_the_geometric_mixture_of_probabilities():
     u, c = probabilities((6, 5), 3), probabilities((6, 5), 4)
     for w in (0.5, 2.5, -1.0):
-        out = bd.Guided(bd.UniformDiscrete(1.0, 5), lambda x, t: c, lambda x, t: u, w)(None, None)
+        out = bd.Guided(bd.UniformDiscrete(1.0, 5), lambda x, t: c, lambda x, t: u, w)(
+            torch.zeros(6, dtype=torch.long), None)
         expected = u.numpy() ** (1 - w) * c.numpy() ** w
         np.testing.assert_allclose(out.numpy(), expected / expected.sum(-1, keepdims=True),
                                    rtol=1e-12)
@@ -88,14 +94,15 @@ def test_discrete_guidance_is_the_geometric_mixture_of_probabilities():
     torch.testing.assert_close(out, torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]]))
     with pytest.raises(ValueError, match="probabilities"):
         bd.Guided(bd.UniformDiscrete(1.0, 3), lambda x, t: torch.zeros(4, dtype=torch.long),
-                  lambda x, t: torch.ones(4, dtype=torch.long), 2.0)(None, None)
+                  lambda x, t: torch.ones(4, dtype=torch.long), 2.0)(
+            torch.zeros(4, dtype=torch.long), None)
 
 
 def test_circle_guidance_moves_along_the_shorter_arc():
     u = torch.tensor([3.0, 0.5, -1.0], dtype=torch.float64)
     c = torch.tensor([-3.0, 1.0, 2.0], dtype=torch.float64)
     for w in (0.5, 2.0):
-        out = bd.Guided(bd.WrappedBrownian(1.0), lambda x, t: c, lambda x, t: u, w)(None, None)
+        out = bd.Guided(bd.WrappedBrownian(1.0), lambda x, t: c, lambda x, t: u, w)(u, None)
         arc = np.angle(np.exp(1j * (c.numpy() - u.numpy())))         # in (−π, π]
         expected = np.angle(np.exp(1j * (u.numpy() + w * arc)))
         np.testing.assert_allclose(np.exp(1j * out.numpy()), np.exp(1j * expected), atol=1e-12)
@@ -106,7 +113,7 @@ def test_rotation_guidance_follows_the_geodesic():
     u = roma.random_unitquat((4, 3), generator=gen(5)).double()
     c = roma.random_unitquat((4, 3), generator=gen(6)).double()
     for w in (0.3, 2.0):
-        out = bd.Guided(bd.RotationDiffusion(), lambda x, t: c, lambda x, t: u, w)(None, None)
+        out = bd.Guided(bd.RotationDiffusion(), lambda x, t: c, lambda x, t: u, w)(u, None)
         assert out.shape == (4, 3, 4)
         ru, rc = (Rotation.from_quat(q.reshape(-1, 4).numpy()) for q in (u, c))
         expected = ru * Rotation.from_rotvec(w * (ru.inv() * rc).as_rotvec())
@@ -128,6 +135,28 @@ def test_guidance_errors():
         bd.Guided(Drift(), None, lambda x, t: x, 2.0)
     with pytest.raises(TypeError, match="unconditional.*tensors"):
         bd.Guided(bd.OrnsteinUhlenbeck(), lambda x, t: x, lambda x, t: None, 2.0)(x, None)
+
+
+def test_guesses_are_checked_against_x_t_before_they_are_combined():
+    """Shapes that would broadcast, logits where probabilities belong, and vectors of the
+    wrong size are each blamed on the guess that returned them."""
+    x = torch.randn(5, 3)
+    ou = bd.OrnsteinUhlenbeck()
+    with pytest.raises(ValueError, match=r"conditional\(x_t, t\) returned an invalid x0.*\(2, 3\)"):
+        bd.Guided(ou, lambda x, t: x[:2], lambda x, t: x, 2.0)(x, 1.0)
+    with pytest.raises(ValueError, match=r"conditional\(x_t, t\) returned an invalid x0.*\(5, 1\)"):
+        bd.Guided(ou, lambda x, t: x.mean(-1, keepdim=True), lambda x, t: x, 2.0)(x, 1.0)
+    U = bd.UniformDiscrete(1.0, 4)
+    logits = torch.tensor([2.0, -1.0, -1.0, -1.0]).expand(5, 4)
+    with pytest.raises(ValueError, match=r"conditional\(x_t, t\) returned an invalid x0.*"
+                                         r"non-negative"):
+        bd.Guided(U, lambda x, t: logits, lambda x, t: logits.softmax(-1), 2.0)(
+            torch.zeros(5, dtype=torch.long), 1.0)
+    S = bd.SphereBrownian()
+    v = torch.nn.functional.normalize(torch.randn(5, 3), dim=-1)
+    q = torch.nn.functional.normalize(torch.randn(5, 4), dim=-1)
+    with pytest.raises(ValueError, match=r"unconditional\(x_t, t\) returned an invalid x0"):
+        bd.Guided(S, lambda x, t: x, lambda x, t: q, 2.0)(v, 1.0)
 
 
 # ---------------------------------------------------------------- the law of a guided chain

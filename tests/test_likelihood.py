@@ -274,6 +274,50 @@ def test_discrete_terms_equal_the_brute_force_terms(case, soft, float64_default)
     np.testing.assert_allclose(prior.numpy(), brute, rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.parametrize("case", _discrete_cases(), ids=lambda c: c[0])
+def test_discrete_terms_in_float32_keep_float64_precision_at_long_times(case):
+    """Near equilibrium the categorical KLs cancel (Σ q log q/p with q ≈ p; the prior's two
+    O(α) terms to O(α²)) and the absorbing bridge's 1 − ρ rounds to 0: float32 times must
+    give the float64 answer (checked against brute force above), not a bias or NaN."""
+    name, process, Q, start = case
+    n = Q.shape[0]
+    x0 = torch.arange(K).repeat_interleave(n)
+    x_t = torch.arange(n).repeat(K)
+    guess = _torch_guess(soft=True)
+    for s, t in ((9.9, 10.0), (19.0, 20.0), (39.0, 40.0)):
+        args = [torch.tensor(v, dtype=torch.float32) for v in (1e-3, s, t)]
+        x0_hat = guess(x_t, args[2]).float()
+        kl32 = process.bridge_kl(*args, x0, x0_hat, x_t)
+        kl64 = process.bridge_kl(*(a.double() for a in args), x0, x0_hat.double(), x_t)
+        assert kl32.dtype == torch.float32 and bool(torch.isfinite(kl32).all()), (s, t, kl32)
+        np.testing.assert_allclose(kl32.numpy(), kl64.numpy(), rtol=1e-6, atol=1e-30)
+    for T in (12.0, 16.0):
+        t0, T32 = torch.tensor(1e-3), torch.tensor(T)
+        prior32 = process.prior_kl(t0, T32, torch.arange(K))
+        prior64 = process.prior_kl(t0.double(), T32.double(), torch.arange(K))
+        assert bool((prior32 >= 0).all())
+        np.testing.assert_allclose(prior32.numpy(), prior64.numpy(), rtol=1e-6, atol=1e-30)
+
+
+def test_absorbing_bound_stays_finite_and_tight_when_everything_is_masked():
+    """With the exact posterior guess of uniform data the bound is -log p(x0) = log k at any
+    horizon; in float32 it was NaN from r·T ≈ 20 (1 − ρ computed as a difference)."""
+    k, g = 6, torch.Generator().manual_seed(3)
+    A = bd.AbsorbingDiscrete(1.0, k)
+
+    def posterior(x, t):
+        probs = torch.full(x.shape + (k,), 1 / k)
+        seen = x < k
+        probs[seen] = torch.nn.functional.one_hot(x[seen], k).float()
+        return probs
+
+    x0 = torch.randint(0, k, (400,), generator=g)
+    for T in (10.0, 30.0, 60.0):
+        nelbo = bd.elbo(posterior, A, x0, torch.linspace(1e-3, T, 101), generator=g)
+        assert nelbo.dtype == torch.float32 and bool(torch.isfinite(nelbo).all()), T
+        assert abs(float(nelbo.mean()) - math.log(k)) < 4 * standard_error(nelbo) + 1e-3, T
+
+
 # ---------------------------------------------------------------- circle and rotations
 
 def _wrapped_normal(d, var, windings=40):
@@ -493,6 +537,34 @@ def test_structures_sum_their_components(float64_default):
     assert as_tuple.shape == (20_000,)
 
 
+def test_one_grid_per_component_is_each_components_own_bound():
+    """Identical grids given per component are the shared grid, bit for bit; different grids
+    give, in expectation, the sum of each component's bound on its own grid (the guess
+    factorises: each component's posterior mean at its own time)."""
+    P = (bd.OrnsteinUhlenbeck(0.0, 1.0, 0.5), bd.OrnsteinUhlenbeck(0.0, 1.0, 0.5))
+    g = torch.Generator().manual_seed(21)
+    x0 = (torch.randn(4000, 2, generator=g, dtype=F64), torch.randn(4000, 3, generator=g,
+                                                                   dtype=F64))
+
+    def guess(x, t):
+        times = t if isinstance(t, tuple) else (t, t)
+        return tuple(xi * torch.exp(-0.5 * ti) for xi, ti in zip(x, times))
+
+    grid = torch.linspace(0.01, 6.0, 21, dtype=F64)
+    run = lambda ts, seed: bd.elbo(guess, P, x0, ts, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(run(grid, 1), run((grid, grid), 1))
+    other = bd.time_schedule(torch.exp, 0.05, 4.0, 21, finv=math.log).double()
+    joint = run((grid, other), 2)
+    parts = [bd.elbo(lambda x, t: x * torch.exp(-0.5 * t), P[c], x0[c], ts,
+                     generator=torch.Generator().manual_seed(3 + c))
+             for c, ts in enumerate((grid, other))]
+    se = math.hypot(standard_error(joint), math.hypot(*map(standard_error, parts)))
+    assert abs(float(joint.mean() - parts[0].mean() - parts[1].mean())) < 4 * se, se
+    with pytest.raises(ValueError, match="one length"):
+        bd.elbo(guess, P, x0, (grid, other[:-1]))
+
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_dtype_seed_and_gradient(dtype):
     process, times = bd.OrnsteinUhlenbeck(), torch.tensor([0.01, 0.1, 0.5, 2.0])
@@ -505,6 +577,10 @@ def test_dtype_seed_and_gradient(dtype):
     assert torch.equal(nelbo, run())
     nelbo.mean().backward()
     assert torch.isfinite(weight.grad)
+    # a guess in another float dtype does not change the result's (the data's) dtype
+    other = torch.float64 if dtype == torch.float32 else torch.float32
+    for P in (process, bd.BrownianMotion(), bd.CenteredOrnsteinUhlenbeck(dim=-1)):
+        assert bd.elbo(lambda x_t, t: x_t.to(other), P, x0, times).dtype == dtype
 
 
 def test_brownian_prior_is_the_stated_normal():
@@ -543,6 +619,9 @@ def test_missing_hooks_and_bad_input_raise_clearly():
         bd.elbo(lambda x, t: x[:2], bd.OrnsteinUhlenbeck(), x0, times)
     with pytest.raises(ValueError, match="batch"):
         bd.elbo(lambda x, t: x, bd.OrnsteinUhlenbeck(), torch.tensor(0.0), times)
+    with pytest.raises(ValueError, match="same batch size B.*20, 10"):
+        bd.elbo(lambda x, t: x, (bd.OrnsteinUhlenbeck(),) * 2, (torch.zeros(20), torch.zeros(10)),
+                times)
     Q = torch.tensor([[-1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     with pytest.raises(ValueError, match="stationary"):
         bd.elbo(lambda x, t: x, bd.GeneralDiscrete(Q), torch.zeros(4, dtype=torch.long), times)

@@ -344,3 +344,15 @@ def test_a_structure_of_scalers_gives_each_component_its_own():
         bd.standard_loss(P, t, x0_hat, x0, scaler={"a": 2.0, "b": None})
     with pytest.raises(ValueError, match="keys"):
         bd.standard_loss(P, t, x0_hat, x0, scaler={"a": double})
+
+
+def test_a_scaler_that_returns_nonsense_is_named():
+    P, x = bd.OrnsteinUhlenbeck(), torch.ones(B, 3)
+    t = torch.full((B,), 0.5)
+    with pytest.raises(TypeError, match="scaler must return a tensor or a number, got NoneType"):
+        bd.standard_loss(P, t, x, x, scaler=lambda p, tt: None)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="scaler returned negative or NaN"):
+            bd.standard_loss(P, t, x, x, scaler=lambda p, tt: torch.full_like(tt, bad))
+    # an exact 0 (a scaler that underflows at tiny t) is floored: a perfect prediction costs 0
+    assert float(bd.standard_loss(P, t, x, x, scaler=lambda p, tt: 0.0)) == 0.0

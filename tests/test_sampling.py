@@ -297,6 +297,9 @@ X = torch.zeros(4, 2)
 @pytest.mark.parametrize("call,err,match", [
     (lambda: bd.sample_backward(lambda x, t: x, P_OU, [0.1, 0.1, 1.0], X), ValueError, "increasing"),
     (lambda: bd.sample_backward(lambda x, t: x, P_OU, [1.0, 0.5], X), ValueError, "increasing"),
+    (lambda: bd.sample_backward(lambda x, t: x, P_OU, torch.tensor([1.0, 1 + 1e-9],
+                                                                   dtype=torch.float64), X),
+     ValueError, "round to the same time"),
     (lambda: bd.sample_backward(lambda x, t: x, P_OU, [0.0, 1.0], X), ValueError, "positive"),
     (lambda: bd.sample_backward(lambda x, t: x, P_OU, [[0.1, 1.0]], X), ValueError, "1-D"),
     (lambda: bd.endpoint_conditioned_sample(P_OU, 1.0, 1.0, X, X), ValueError, "s must be smaller"),

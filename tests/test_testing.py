@@ -5,6 +5,7 @@ planted bug below (each written here as a small subclass, independently of the l
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import roma
 import torch
@@ -72,6 +73,13 @@ BUILT_INS = {
     "time_changed_ou": (bd.TimeChanged(bd.OrnsteinUhlenbeck(), bd.ddpm_schedule("linear")),
                         two_atoms),
 }
+
+
+def test_the_masking_clock_passes_on_its_own_horizon():
+    """MDLM's clock is defined for t < 1/(1 − eps): the checks run inside it."""
+    process = bd.TimeChanged(bd.AbsorbingDiscrete(1.0, 4), bd.LogLinearMasking())
+    bd.testing.assert_process_ok(process, states(4, weights=[4, 3, 2, 1]), n=50_000,
+                                 times=((0.05, 0.1), (0.3, 0.6), (0.6, 0.95)))
 
 
 def failed(report) -> set:
@@ -265,6 +273,24 @@ def test_user_statistic_replaces_the_default():
     assert calls and all("x1" in r.detail for r in report.results if r.pvalue is not None)
 
 
+def test_a_statistic_without_one_value_per_sample_fails_its_rows():
+    """Ten values for n samples would be a KS test on ten points: every statistical row fails."""
+    process, sample_x0 = BUILT_INS["ornstein_uhlenbeck"]
+    report = bd.testing.check_process(process, sample_x0, n=np.int64(1000),
+                                      statistic=lambda x, ref: x[:10, 0])
+    statistical = [r for r in report.results if r.name.startswith(("bridge", "semigroup"))]
+    assert statistical and all(not r.passed and "one value per sample" in r.detail
+                               for r in statistical)
+
+
+def test_time_changed_manifold_processes_get_their_own_statistic():
+    from bridgediff.testing import _leaf_statistic
+    for base, statistic in ((bd.RotationDiffusion(), bd.testing.quaternion_statistic),
+                            (bd.WrappedBrownian(1.0), bd.testing.angle_statistic)):
+        clocked = bd.TimeChanged(bd.TimeChanged(base, torch.expm1), torch.expm1)
+        assert _leaf_statistic(clocked) is statistic
+
+
 def test_a_process_that_raises_becomes_a_failed_row():
     class Broken(bd.OrnsteinUhlenbeck):
         def endpoint_conditioned_sample(self, s, t, x0, x_t, generator=None):
@@ -281,6 +307,9 @@ def test_a_process_that_raises_becomes_a_failed_row():
     (dict(times=[(1.0, 0.5)]), ValueError, "0 < s < t"),
     (dict(alpha=2.0), ValueError, "alpha"),
     (dict(statistic=3), TypeError, "statistic"),
+    (dict(n=1000.0), TypeError, "n must be an integer"),
+    (dict(times=(0.5, 1.0)), TypeError, "sequence of pairs"),
+    (dict(alpha="0.01"), TypeError, "alpha must be a real"),
 ])
 def test_bad_arguments_are_named(kwargs, err, match):
     with pytest.raises(err, match=match):

@@ -241,10 +241,33 @@ def test_time_changes_keep_float32_and_float64():
     (lambda: bd.AlphaBarSchedule([[0.9]]), ValueError, "1-D"),
     (lambda: bd.AlphaBarSchedule([0.9, 0.5], reversion=-1.0), ValueError, "reversion"),
     (lambda: bd.LogLinearMasking(eps=1.0), ValueError, "eps"),
+    (lambda: bd.TimeChanged(VP, lambda t: math.expm1(t)), TypeError, "tau must return a tensor"),
+    (lambda: bd.TimeChanged(bd.OrnsteinUhlenbeck(0.0, 1.0, 1.0), bd.ddpm_schedule()), ValueError,
+     "reversion=0.5.*reversion=1.0"),
+    (lambda: bd.TimeChanged(bd.AbsorbingDiscrete(2.0, 5), bd.LogLinearMasking()), ValueError,
+     "rate=1.0.*rate=2.0"),
+    (lambda: bd.ddpm_schedule(num_train_timesteps=np.int64(0)), ValueError, "num_train"),
+    (lambda: bd.ddpm_schedule(num_train_timesteps=10.0), TypeError, "num_train"),
+    (lambda: bd.ddpm_schedule(beta_start="a"), TypeError, "beta_start"),
+    (lambda: bd.AlphaBarSchedule("abc"), TypeError, "alphas_cumprod"),
+    (lambda: bd.ddpm_schedule().time(1000), ValueError, "step must lie in"),
+    (lambda: bd.ddpm_schedule().time(-2), ValueError, "step must lie in"),
+    (lambda: bd.ddpm_schedule().time(0.5), TypeError, "step must be an integer"),
 ])
 def test_bad_clocks_raise_naming_the_argument(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+def test_clock_edges_numpy_counts_and_nan_times():
+    clock = bd.ddpm_schedule(num_train_timesteps=np.int64(10))
+    assert clock.num_steps == 10
+    assert float(clock.time(-1)) == 0.0 and float(clock(clock.time(-1))) == 0.0  # DDIM's end
+    assert bool(torch.isnan(clock(torch.tensor(float("nan")))))   # NaN in, NaN out (refused
+    with pytest.raises(ValueError, match="finite"):                 # by the process's checks)
+        bd.sample_forward(bd.TimeChanged(VP, clock), torch.tensor(float("nan")), torch.zeros(3))
+    matched = bd.TimeChanged(bd.AbsorbingDiscrete(2.0, 5), bd.LogLinearMasking(rate=2.0))
+    assert matched.clock(torch.tensor(0.5)) > 0
 
 
 @pytest.mark.parametrize("base", [VP, bd.UniformDiscrete(2.0, 3)], ids=["OU", "uniform"])
