@@ -175,6 +175,8 @@ def setup(k: dict, q0: Tensor, qt: Tensor) -> dict:
 def _image_cut(tau_n: Tensor, tau_w: Tensor, dtype) -> float:
     """A distance below which R_τ(d) rounds to 1 for every τ of the call (host):
     |R − 1| ≤ 2 (2 + 8π²/τ_min) e^{2π(d − π)/τ_max} < eps/8 there."""
+    if tau_n.numel() == 0:
+        return -1.0                     # no elements: no cut (as on the device path)
     tau_min, tau_max = float(tau_n.min()), float(tau_w.max())
     eps = torch.finfo(dtype).eps
     return PI + tau_max / (2 * PI) * math.log(eps / (16 * (2 + 8 * PI ** 2 / tau_min)))

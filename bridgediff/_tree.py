@@ -56,7 +56,7 @@ def _rebuild(like, keys, values):
     return type(like)(values) if type(like) in _SEQUENCES else tuple(values)
 
 
-def map_tree(fn, process, args, names, *, shared=(), out=0):
+def map_tree(fn, process, args, names, *, shared=(), out=0, _path=""):
     """Apply ``fn(leaf_process, *leaf_args)`` over the structure of ``process``.
 
     Args:
@@ -80,7 +80,7 @@ def map_tree(fn, process, args, names, *, shared=(), out=0):
                               for i, a in enumerate(args))
             leaf_names = tuple(f"{n}[{key!r}]" for n in names)
             results.append(map_tree(fn, process[key], leaf_args, leaf_names, shared=shared,
-                                    out=out))
+                                    out=out, _path=f"{_path}[{key!r}]"))
         like = args[out] if len(args) > out and is_node(args[out]) else process
         return _rebuild(like, keys, results)
     if not isinstance(process, Process):
@@ -90,7 +90,15 @@ def map_tree(fn, process, args, names, *, shared=(), out=0):
         if i in shared and is_node(a):
             raise TypeError(f"{name} is a {type(a).__name__} but its process is a single "
                             f"{type(process).__name__}")
-    return fn(process, *args)
+    if not _path:
+        return fn(process, *args)
+    try:
+        return fn(process, *args)
+    except (TypeError, ValueError) as error:
+        if type(error) not in (TypeError, ValueError):
+            raise                      # a subclass may not take one message
+        # inside a structure, say which component: two may share a class
+        raise type(error)(f"component {_path} ({type(process).__name__}): {error}") from None
 
 
 def map_data(fn, tree, *others, names=(), what="x"):

@@ -722,9 +722,10 @@ class AbsorbingDiscrete(_Discrete):
         ``_log_unmasking``), so that the bound stays finite and precise for large r·T."""
         dtype, t0, s, t = t.dtype, t0.double(), s.double(), t.double()
         x0_hat = x0_hat.double() if x0_hat.is_floating_point() else x0_hat
-        rho_q = self._masking(s - t0) / self._masking(t - t0)
+        from_mask = x0 == self.k            # x_{t0} already masked: q stays masked
+        rho_q = torch.where(from_mask, 1.0, self._masking(s - t0) / self._masking(t - t0))
         rho_p = self._masking(s) / self._masking(t)
-        log_unmask_q = self._log_unmasking(s - t0, t - t0)
+        log_unmask_q = torch.where(from_mask, -torch.inf, self._log_unmasking(s - t0, t - t0))
         p = self._probability_of(x0_hat, x0).double()
         log_ratio = log_unmask_q - self._log_unmasking(s, t) - p.log()
         unmask_q = log_unmask_q.exp()       # where p̂ = 0 < unmask_q the KL is +inf

@@ -1,6 +1,7 @@
 """Random Fourier features of time, a fixed embedding for the model's t input."""
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -45,8 +46,10 @@ class RandomFourierFeatures(torch.nn.Module):
             t = t.unsqueeze(-1)
             if not t.is_floating_point():
                 t = t.to(self.weight.dtype)
-        elif isinstance(t, bool) or not isinstance(t, (int, float)):
+        elif isinstance(t, bool) or not isinstance(t, numbers.Real):
             raise TypeError(f"t must be a tensor or a float, got {type(t).__name__}")
+        else:
+            t = float(t)                   # numpy scalars too
         angle = 2 * math.pi * t * self.weight
         return torch.cat([angle.cos(), angle.sin()], dim=-1)
 

@@ -76,8 +76,8 @@ def elbo(guess, process, x0, timesteps, *, generator=None) -> Tensor:
 
     Returns:
         (B,) tensor, the per-sample negative ELBO in nats (an upper bound on −log p_θ(x0) in
-        expectation), in the data's float dtype (the default float dtype for discrete data,
-        promoted across components). Not run under ``no_grad``: differentiable with respect
+        expectation), in the data's float dtype (float32 for half-precision data, the default
+        float dtype for discrete data; promoted across components). Not run under ``no_grad``: differentiable with respect
         to the guess's output, so it can serve as a training loss.
 
     Example::

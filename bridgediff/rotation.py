@@ -116,11 +116,14 @@ class RotationDiffusion(Process):
 
     def guide(self, x0_uncond: Tensor, x0_cond: Tensor, w: float) -> Tensor:
         """Along the geodesic from the unconditional guess: q_u exp(w log(q_u⁻¹ q_c)), the
-        shorter way round; unit quaternions (..., 4), XYZW."""
-        q_u, q_c = _unit(x0_uncond), _unit(x0_cond)
+        shorter way round; unit quaternions (..., 4), XYZW, computed in float32 or wider and
+        returned in the unconditional guess's dtype."""
+        dtype = torch.promote_types(torch.promote_types(x0_uncond.dtype, x0_cond.dtype),
+                                    torch.float32)
+        q_u, q_c = _unit(x0_uncond.to(dtype)), _unit(x0_cond.to(dtype))
         relative = roma.quat_product(roma.quat_conjugation(q_u), q_c)
         step = roma.rotvec_to_unitquat(w * roma.unitquat_to_rotvec(relative))
-        return _unit(roma.quat_product(q_u, step))
+        return _unit(roma.quat_product(q_u, step)).to(x0_uncond.dtype)
 
     # ---------------------------------------------------------------- likelihood (bd.elbo)
     # Densities with respect to the Haar probability measure, one per rotation (shape

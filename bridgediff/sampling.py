@@ -222,8 +222,10 @@ def _as_shape(like, name: str) -> torch.Size:
 def _equilibrium_leaf(process: Process, like, generator, device, dtype, name):
     if isinstance(like, (Tensor, Masked)):
         x, mask = split(like, process, name)
+        if dtype is None or (dtype.is_floating_point and not x.dtype.is_floating_point):
+            dtype = x.dtype        # a float override is for the float components only
         out = process.sample_equilibrium(x.shape, generator=generator,
-                                         device=device or x.device, dtype=dtype or x.dtype)
+                                         device=device or x.device, dtype=dtype)
         return rewrap(out, x, mask, process)
     shape = _as_shape(like, name)
     return process.sample_equilibrium(shape, generator=generator, device=device, dtype=dtype)
@@ -239,7 +241,8 @@ def sample_equilibrium(process, shape_or_like, *, generator=None, device=None, d
             start of a conditional chain); for a structure of processes, a matching structure
             of these (a tuple of shapes, not one shape).
         device, dtype: override the device and dtype (the process's default dtype if neither
-            these nor a tensor give one).
+            these nor a tensor give one); a floating dtype does not change integer states (a
+            structure shares one ``dtype``).
     """
     if isinstance(process, Process) and isinstance(shape_or_like, numbers.Integral):
         shape_or_like = (shape_or_like,)
@@ -300,7 +303,7 @@ def check_timesteps(timesteps, dtype: torch.dtype, name: str = "timesteps") -> T
         if bool((original[1:] > original[:-1]).all()):
             collapsed = (f"; they are, but steps run in {dtype} (the data's), where some "
                          f"of them round to the same time")
-        raise ValueError(f"{name} must be strictly increasing (x_T sits at {name}[-1])"
+        raise ValueError(f"{name} must be strictly increasing (x_T sits at the last time)"
                          f"{collapsed}")
     return times
 
@@ -341,12 +344,14 @@ def _time_grids(process, timesteps, x_T):
     (one shared grid) or a structure of them matching ``process`` (one grid per component)."""
     if not _one_grid_per_component(process, timesteps):
         states = leaves(unmasked(x_T))
+        for dtype in {time_dtype(x) for x in states}:   # no step may collapse in any of them
+            check_timesteps(timesteps, dtype)
         times = check_timesteps(timesteps, time_dtype(*states)).to(states[0].device)
         return len(times), times.__getitem__
 
     def grid(p, x, ts):
         data, _ = split(x, p, "x_T")
-        return check_timesteps(ts, time_dtype(data), "each grid of timesteps").to(data.device)
+        return check_timesteps(ts, time_dtype(data), "a grid of timesteps").to(data.device)
 
     grids = map_tree(grid, process, (x_T, timesteps), ("x_T", "timesteps"))
     lengths = sorted({len(g) for g in leaves(grids)})

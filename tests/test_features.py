@@ -27,6 +27,7 @@ def test_formula_and_shapes(dtype):
                                atol=1e-5 if dtype == torch.float32 else 1e-12)
     assert rff(torch.tensor(0.25, dtype=dtype)).shape == (8,)
     assert rff(0.25).shape == (8,)
+    assert torch.equal(rff(np.float32(0.25)), rff(0.25))          # numpy scalars are floats
     integer_times = torch.tensor([0, 2])
     torch.testing.assert_close(rff(integer_times), rff(integer_times.to(dtype)))
     with pytest.raises(TypeError, match="t must be a tensor or a float"):

@@ -109,6 +109,19 @@ def test_circle_guidance_moves_along_the_shorter_arc():
         assert bool((out >= -math.pi).all() and (out < math.pi).all())
 
 
+def test_rotation_guidance_of_guesses_in_two_dtypes_is_computed_in_the_wider():
+    u = roma.random_unitquat(6, generator=gen(7)).double()
+    c = roma.random_unitquat(6, generator=gen(8)).double()
+    exact = bd.RotationDiffusion().guide(u, c, 2.5)
+    for low in (torch.float32, torch.bfloat16):
+        out = bd.Guided(bd.RotationDiffusion(), lambda x, t: c, lambda x, t: u.to(low), 2.5)(
+            u.to(low), None)
+        assert out.dtype == low
+        expected = bd.RotationDiffusion().guide(u.to(low).double(), c, 2.5)
+        torch.testing.assert_close(out.double(), expected, atol=2 * torch.finfo(low).eps, rtol=0)
+    assert exact.dtype == torch.float64
+
+
 def test_rotation_guidance_follows_the_geodesic():
     u = roma.random_unitquat((4, 3), generator=gen(5)).double()
     c = roma.random_unitquat((4, 3), generator=gen(6)).double()

@@ -689,6 +689,11 @@ def test_equilibrium_dtype_and_empty_batches():
     empty = torch.zeros(0, 4)
     assert bd.sample_forward(P, 0.1, empty).shape == (0, 4)
     assert bd.endpoint_conditioned_sample(P, 0.1, 0.2, empty, empty).shape == (0, 4)
+    none = torch.zeros(0)                                   # per-row times of no rows
+    assert bd.endpoint_conditioned_sample(P, none + 0.1, none + 0.2, empty, empty).shape == (0, 4)
+    rows = torch.zeros(3, 0, 4)                             # rows without elements
+    times = torch.full((3,), 0.2)
+    assert bd.endpoint_conditioned_sample(P, times / 2, times, rows, rows).shape == (3, 0, 4)
 
 
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)

@@ -153,6 +153,13 @@ def test_tuple_equilibrium():
     x = bd.sample_equilibrium(P, ((2, 3), torch.zeros(4, dtype=torch.float64)), generator=gen(6))
     assert x[0].shape == (2, 3) and x[0].dtype == torch.get_default_dtype()
     assert x[1].shape == (4,) and x[1].dtype == torch.float64
+    # one float dtype for a structure leaves integer states in their own dtype
+    like = {"p": torch.zeros(4, 2), "c": bd.masked(torch.zeros(4, dtype=torch.uint8),
+                                                 torch.tensor([True, False, True, True]))}
+    x = bd.sample_equilibrium({"p": P[0], "c": bd.UniformDiscrete(1.0, 3)}, like,
+                              dtype=torch.float64, generator=gen(6))
+    assert x["p"].dtype == torch.float64 and x["c"].x.dtype == torch.uint8
+    assert int(x["c"].x[1]) == 0                               # the held state, kept
 
 
 # ---------------------------------------------------------------- masks
@@ -300,6 +307,12 @@ X = torch.zeros(4, 2)
     (lambda: bd.sample_backward(lambda x, t: x, P_OU, torch.tensor([1.0, 1 + 1e-9],
                                                                    dtype=torch.float64), X),
      ValueError, "round to the same time"),
+    (lambda: bd.sample_backward(lambda x, t: x, (P_OU, P_OU),
+                                torch.tensor([1e-3, 1.0, 1 + 1e-9, 2.0], dtype=torch.float64),
+                                (X.double(), X)), ValueError, "round to the same time"),
+    (lambda: bd.sample_forward({"pos": P_OU, "vel": P_OU}, {"pos": 0.5, "vel": torch.rand(5)},
+                               {"pos": X, "vel": X}), ValueError,
+     r"component \['vel'\] \(OrnsteinUhlenbeck\): t has length 5"),
     (lambda: bd.sample_backward(lambda x, t: x, P_OU, [0.0, 1.0], X), ValueError, "positive"),
     (lambda: bd.sample_backward(lambda x, t: x, P_OU, [[0.1, 1.0]], X), ValueError, "1-D"),
     (lambda: bd.endpoint_conditioned_sample(P_OU, 1.0, 1.0, X, X), ValueError, "s must be smaller"),
