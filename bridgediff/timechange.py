@@ -164,6 +164,15 @@ class TimeChanged(Process):
 
 # ---------------------------------------------------------------- DDPM's discrete schedules
 
+def _check_parameter(process, name: str, built_for, law: str) -> None:
+    """Refuse a process whose parameter ``name`` differs from the one a clock was built for."""
+    value = getattr(process, name, None)
+    if value is not None and float(value) != float(built_for):
+        raise ValueError(f"this clock was built for {name}={float(built_for)!r} ({law}), but "
+                         f"{type(process).__name__} has {name}={float(value)!r}; pass {name}= "
+                         f"to the clock")
+
+
 class AlphaBarSchedule:
     r"""The clock of a discrete variance-preserving schedule ᾱ_0 > ... > ᾱ_{N−1}, for
     ``bd.OrnsteinUhlenbeck(mean=0, volatility=1, reversion=θ)``.
@@ -213,11 +222,7 @@ class AlphaBarSchedule:
         return (n.to(torch.float64) + 1) / self.num_steps
 
     def _check_base(self, process) -> None:
-        reversion = getattr(process, "reversion", None)
-        if reversion is not None and float(reversion) != float(self.reversion):
-            raise ValueError(f"this clock was built for reversion={float(self.reversion)!r} "
-                             f"(e^(-θτ) = sqrt(ᾱ)), but {type(process).__name__} has "
-                             f"reversion={float(reversion)!r}; pass reversion= to the clock")
+        _check_parameter(process, "reversion", self.reversion, "e^(-θτ) = sqrt(ᾱ)")
 
     def _table(self, like: Tensor) -> Tensor:
         key = (like.device, like.dtype)
@@ -297,11 +302,7 @@ class LogLinearMasking:
         return -torch.log1p(-(1 - self.eps) * t) / self.rate
 
     def _check_base(self, process) -> None:
-        rate = getattr(process, "rate", None)
-        if rate is not None and float(rate) != float(self.rate):
-            raise ValueError(f"this clock was built for rate={float(self.rate)!r} (masked with "
-                             f"probability (1 - eps) t), but {type(process).__name__} has "
-                             f"rate={float(rate)!r}; pass rate= to the clock")
+        _check_parameter(process, "rate", self.rate, "masked with probability (1 - eps) t")
 
     def __repr__(self) -> str:
         return f"LogLinearMasking(rate={self.rate!r}, eps={self.eps!r})"
