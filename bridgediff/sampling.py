@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._tree import is_node, leaves, map_data, map_tree, rewrap, split, unmasked
+from ._tree import (_check_match, _rebuild, children, is_node, leaves, map_data, map_tree,
+                    rewrap, split, unmasked)
 from ._util import on_host
 from .masked import Masked
 from .process import Process, time_dtype
@@ -338,6 +339,19 @@ def _one_grid_per_component(process, timesteps) -> bool:
         is_node(g) or getattr(g, "ndim", 0) >= 1 for g in timesteps)
 
 
+def _grid_per_leaf(process, timesteps, name: str = "timesteps"):
+    """``timesteps`` as a structure with one grid per leaf process: a grid given for a
+    sub-structure is shared by its components (as a shared t or eta is)."""
+    if not is_node(process):
+        return timesteps
+    if not _one_grid_per_component(process, timesteps):
+        return map_data(lambda p: timesteps, process)
+    _check_match(process, timesteps, name)
+    keys = [k for k, _ in children(process)]
+    return _rebuild(process, keys, [_grid_per_leaf(process[k], timesteps[k], f"{name}[{k!r}]")
+                                    for k in keys])
+
+
 def _time_grids(process, timesteps, x_T):
     """The grid(s), checked on the host in the dtype each component's times take and moved
     to its device: (n, times_at), where ``times_at(i)`` gives step i's time, a 0-d tensor
@@ -353,7 +367,8 @@ def _time_grids(process, timesteps, x_T):
         data, _ = split(x, p, "x_T")
         return check_timesteps(ts, time_dtype(data), "a grid of timesteps").to(data.device)
 
-    grids = map_tree(grid, process, (x_T, timesteps), ("x_T", "timesteps"))
+    grids = map_tree(grid, process, (x_T, _grid_per_leaf(process, timesteps)),
+                     ("x_T", "timesteps"))
     lengths = sorted({len(g) for g in leaves(grids)})
     if len(lengths) != 1:
         raise ValueError(f"the grids of timesteps (one per component) must have one length, "
@@ -412,7 +427,8 @@ def sample_backward(guess, process, timesteps, x_T, *, tracker=None, generator=N
       state holds the clean values at held elements. Without ``repaint`` the guess sees the
       clean held values (what a model trained with masks expects).
     * per-component times: for a structure of processes, ``timesteps`` may be a matching
-      structure of grids, all of one length n, each increasing: component c steps along its
+      structure of grids (a grid given for a sub-structure is shared by its components), all
+      of one length n, each increasing: component c steps along its
       own grid (fold, inverse-fold or co-design with different noise levels per component),
       and ``guess`` and ``tracker`` receive t as the matching structure of 0-d tensors.
 

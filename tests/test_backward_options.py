@@ -187,6 +187,24 @@ def test_per_component_grids_are_validated():
     assert isinstance(seen[0], torch.Tensor) and seen[0].ndim == 0
 
 
+
+def test_a_grid_given_for_a_sub_structure_is_shared_by_its_components():
+    P = {"pos": OU, "frame": (BM, bd.UniformDiscrete(1.0, 3))}
+    x = {"pos": torch.zeros(4, 2), "frame": (torch.zeros(4), torch.zeros(4, dtype=torch.long))}
+    pos, frame = torch.linspace(0.01, 1.0, 5), [0.02, 0.5, 1.0, 1.5, 2.0]
+    seen = []
+
+    def guess(x, t):
+        seen.append(t)
+        return {"pos": x["pos"], "frame": (x["frame"][0], x["frame"][1])}
+
+    bd.sample_backward(guess, P, {"pos": pos, "frame": frame}, x, generator=gen(15))
+    assert float(seen[0]["pos"]) == 1.0 and [float(u) for u in seen[0]["frame"]] == [2.0, 2.0]
+    assert [float(u) for u in seen[-1]["frame"]] == [0.5, 0.5]
+    with pytest.raises(ValueError, match=r"timesteps\['frame'\] has 1 components"):
+        bd.sample_backward(guess, P, {"pos": pos, "frame": (pos,)}, x)
+
+
 # ---------------------------------------------------------------- correctors
 
 @pytest.mark.parametrize("process", [bd.OrnsteinUhlenbeck(0.0, 1.0, 0.5), OU_CLOCKED],
