@@ -24,8 +24,9 @@ Numerics of p_τ (all in float64):
   Gaussian factor has fallen by e^{−45}, is accurate to ~1e-13 relative for every θ and τ
   (tests/test_sphere.py checks it to 1e-12 against independent oracles).
 
-The slope λ = d log p_τ / dz, needed by the bridge, is the same average of the derivative of
-the integrand (or the derivative of the series).
+The slope λ = d log p_τ / dz (``_log_heat(slope=True)``) is the same average of the
+derivative of the integrand (or the derivative of the series). The bridge samples this fibre
+itself (``SphereBrownian``; its β is α/2).
 """
 
 import math
@@ -33,7 +34,7 @@ import math
 import torch
 from torch import Tensor
 
-from . import _igso3
+from . import _igso3, _so3_bridge
 from ._util import as_param, check_unit_vectors, exact_rejection, positive, use_host_path
 from .process import Process
 
@@ -43,9 +44,8 @@ SERIES_FROM = 0.5       # τ at and above which p_τ is evaluated by its Legendr
 _L = 16                 # series terms l = 0..L
 _NODES = 14             # fibre-quadrature nodes on [0, A]
 _CUT = 45.0             # the fibre is cut where e^{−(ω² − θ²)/(2τ)} < e^{−45}
-BRIDGE_ROUNDS = 6       # bridge rounds before the host decides on the leftovers (≤ 1e-7 left
-                        # where a round accepts 0.95, 0.4% at 0.6)
-_TANGENT_MAX = math.pi - 1e-3  # tangent points stay off the antipode, where λ is 0/0
+FIBRE_ROUNDS = 6        # fibre-angle rounds before the host decides on the leftovers
+_GAMMA = math.log(math.pi / 2) / (math.pi / 2) ** 2  # d/sin d ≤ e^{γd²} on [0, π/2]
 _LOG_NORMALISER = math.log(2 * math.pi ** 1.5)
 _CHUNK = 1 << 15          # kernel evaluations on the CPU run in chunks of this many angles
 
@@ -145,33 +145,6 @@ def _rotate(q: Tensor, v: Tensor) -> Tensor:
     return v + 2 * (w * uv + torch.linalg.cross(u, uv))
 
 
-def _tangent_basis(n: Tensor):
-    """Two unit vectors completing the unit vectors n (N, 3) to orthonormal bases (Duff et
-    al., 2017: branch-free and exact at every n)."""
-    x, y, z = n.unbind(-1)
-    sign = torch.where(z >= 0, 1.0, -1.0).to(n.dtype)
-    a = -1 / (sign + z)
-    b = x * y * a
-    e1 = torch.stack([1 + sign * x * x * a, sign * b, -sign * x], -1)
-    e2 = torch.stack([b, sign + y * y * a, -y], -1)
-    return e1, e2
-
-
-def _von_mises_fisher(mu: Tensor, kappa: Tensor, generator) -> Tensor:
-    r"""Draws x ∝ e^{κ μ·x} on S², (N, 3), by inverting the law of 1 − μ·x exactly:
-    w = −log(1 − u (1 − e^{−2κ}))/κ, then a uniform azimuth."""
-    draw = dict(generator=generator, dtype=mu.dtype, device=mu.device)
-    u = torch.rand(mu.shape[0], **draw)
-    phi = 2 * math.pi * torch.rand(mu.shape[0], **draw)
-    k = kappa.clamp_min(1e-300)
-    w = -torch.log1p(u * torch.expm1(-2 * k)) / k
-    w = w.clamp(0, 2)
-    radial = torch.sqrt(w * (2 - w))
-    e1, e2 = _tangent_basis(mu)
-    return ((1 - w)[:, None] * mu
-            + radial[:, None] * (torch.cos(phi)[:, None] * e1 + torch.sin(phi)[:, None] * e2))
-
-
 # ---------------------------------------------------------------- samplers
 
 def _forward_rotations(tau: Tensor, generator) -> Tensor:
@@ -180,247 +153,126 @@ def _forward_rotations(tau: Tensor, generator) -> Tensor:
     return _igso3.sample(tau / 4, tau.shape[0], generator)
 
 
-def _log_sinhc(x: Tensor) -> Tensor:
-    """log(sinh(x)/x) for x ≥ 0, without overflow or cancellation."""
-    big = x - torch.log(2 * x.clamp_min(1e-300)) + torch.log1p(-torch.exp(-2 * x))
-    return torch.where(x > 1e-3, big, x * x / 6)
+def _fibre_constants(sh: Tensor, ch: Tensor, tau: Tensor) -> dict:
+    r"""The envelope of the fibre-angle law (``SphereBrownian``'s docstring) per element, from
+    the half angle h of ∠(x0, x_t) (sin h = ``sh``, cos h = ``ch``, (N,)) and τ = r t (0-d or
+    (N,)), all float64.
+
+    *Gaussian + flat* where λ = 1/(2T) − γ > 0 and κ = 1 − (2h/π)² > 0 (T = τ/4):
+    E(β) = π²C_T [e^{−λ(h² + κβ²)} + (π/2) e^{−π²/(8T)}]; else *flat*: E = min(f(0),
+    f(2h) + f(π)/2). The first is taken where its Gaussian is narrow (sd ≤ 1/2) or its mass
+    is the smaller (any deterministic choice is exact); the flat bound is evaluated (on the
+    host) only where it may be taken. ``log_mass`` is log ∫E dβ: a round accepts
+    4π² p_τ(θ)/mass, θ = 2h."""
+    T = tau / 4
+    h = torch.atan2(sh, ch)
+    kappa = (1 - 2 * h / math.pi) * (1 + 2 * h / math.pi)
+    lam = 1 / (2 * T) - _GAMMA
+    ok = (lam > 0) & (kappa > 0)
+    lam_k = torch.where(ok, lam * kappa, torch.ones_like(h))
+    sd = torch.rsqrt(2 * lam_k)
+    log_scale = T / 2 + 0.5 * math.log(math.pi) - 1.5 * math.log(2) - 1.5 * torch.log(T)
+    log_gauss = torch.where(ok, log_scale - lam * h * h, torch.full_like(h, -math.inf))
+    log_flat_gu = log_scale + math.log(math.pi / 2) - math.pi ** 2 / (8 * T)
+    log_mass_gauss = log_gauss + 0.5 * torch.log(math.pi / lam_k)
+    log_mass_gu = torch.logaddexp(log_mass_gauss, log_flat_gu + math.log(math.pi))
+
+    def flat(h, tau):                  # min(f(0), f(2h) + f(π)/2), in logs
+        edge = _igso3.log_density(torch.full_like(h, math.pi), tau)
+        return torch.minimum(_igso3.log_density(torch.zeros_like(h), tau),
+                             torch.logaddexp(_igso3.log_density(2 * h, tau), edge - math.log(2)))
+
+    maybe = ~(ok & (sd <= 0.5))
+    if not use_host_path(h):
+        log_flat = torch.where(maybe, flat(h, tau), math.inf)
+    else:
+        log_flat = torch.full_like(h, math.inf)
+        if bool(maybe.any()):
+            rows = maybe.nonzero().squeeze(1)
+            log_flat[rows] = flat(h[rows], tau if tau.ndim == 0 else tau[rows])
+    gu = ok & (log_mass_gu < log_flat + math.log(math.pi))
+    log_mass = torch.where(gu, log_mass_gu, log_flat + math.log(math.pi))
+    squeeze = torch.where(lam > 0, log_scale + torch.log1p(-5 * torch.exp(-math.pi ** 2 / T)),
+                          -math.inf)
+    return dict(sh=sh, ch=ch, tau=tau, T=T, lam_k=lam_k, sd=sd, squeeze=squeeze, log_mass=log_mass,
+                log_gauss=torch.where(gu, log_gauss, -math.inf),
+                log_flat=torch.where(gu, log_flat_gu, log_flat),
+                p_gauss=torch.where(gu, torch.sigmoid(log_mass_gauss - log_flat_gu
+                                                      - math.log(math.pi)), 0.0))
 
 
-def _log_exp_integral(slope: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """log ∫_lo^hi e^{−slope·w} dw = −slope·m + log Δ + log sinhc(slope Δ/2), m the midpoint."""
-    width = (hi - lo).clamp_min(0)
-    return (-slope * (lo + hi) / 2 + torch.log(width)
-            + _log_sinhc((slope * width / 2).abs()))
-
-
-def _exp_draw(slope: Tensor, lo: Tensor, hi: Tensor, u: Tensor) -> Tensor:
-    """w on [lo, hi] with density ∝ e^{−slope·w}, by inverting its CDF from the heavier end."""
-    width = (hi - lo).clamp_min(0)
-    k = slope.abs().clamp_min(1e-300)
-    depth = (-torch.log1p(u * torch.expm1(-k * width)) / k).clamp(min=torch.zeros_like(width),
-                                                                    max=width)
-    return torch.where(slope >= 0, lo + depth, hi - depth)
-
-
-class _VonMisesFisherEnvelope:
-    r"""The bridge envelope from the tangents of both kernels: a von Mises–Fisher law.
-
-    For endpoints a, b and z_a = a·x, z_b = b·x the bridge density is ∝ p_{τa}(z_a) p_{τb}(z_b).
-    Each log-concave factor lies below its tangent at any point z*:
-    p_τ(z) ≤ p_τ(z*) e^{λ(z − z*)} with λ = (log p_τ)'(z*). Hence
-
-        p_{τa}(z_a) p_{τb}(z_b) ≤ E(x) = C · e^{m·x},   m = λ_a a + λ_b b,
-
-    a von Mises–Fisher law with direction m/|m| and concentration K = |m|, drawn exactly; its
-    mass is C·4π sinh(K)/K. The tangent points are the bridge's mode on the geodesic in the
-    flat limit, at angles κΩ from a and (1 − κ)Ω from b (κ = τa/(τa + τb), Ω = ∠(a, b),
-    capped at π − 1e-3): then m points at that mode and K is the bridge's precision across
-    the geodesic.
-    """
-
-    def __init__(self, a, b, tau_a, tau_b, omega, kappa):
-        self.a, self.b, self.tau_a, self.tau_b = a, b, tau_a, tau_b
-        theta_a = (kappa * omega).clamp(max=_TANGENT_MAX)
-        theta_b = ((1 - kappa) * omega).clamp(max=_TANGENT_MAX)
-        self.log_pa, self.slope_a = _log_heat_at(theta_a, tau_a)
-        self.log_pb, self.slope_b = _log_heat_at(theta_b, tau_b)
-        self.w_a, self.w_b = 1 - torch.cos(theta_a), 1 - torch.cos(theta_b)
-        m = self.slope_a[:, None] * a + self.slope_b[:, None] * b
-        self.kappa = m.norm(dim=-1)
-        self.mu = torch.where(self.kappa[:, None] > 0,
-                              m / self.kappa.clamp_min(1e-300)[:, None], a)
-
-    def log_mass(self) -> Tensor:
-        """log ∫ E dA, with log E(x) = log C + m·x."""
-        log_c = (self.log_pa + self.log_pb - self.slope_a * (1 - self.w_a)
-                 - self.slope_b * (1 - self.w_b))
-        return log_c + math.log(4 * math.pi) + _log_sinhc(self.kappa)
-
-    def log_envelope(self, x, rows):
-        """log E at points x (m, 3) for the elements ``rows``, from x's half angles."""
-        w_a, w_b = 2 * _halves(x, self.a[rows])[0] ** 2, 2 * _halves(x, self.b[rows])[0] ** 2
-        return (self.log_pa[rows] + self.slope_a[rows] * (self.w_a[rows] - w_a)
-                + self.log_pb[rows] + self.slope_b[rows] * (self.w_b[rows] - w_b))
-
-    def propose(self, rows, generator):
-        x = _von_mises_fisher(self.mu[rows], self.kappa[rows], generator)
-        return x, _accept(x, self, rows, generator)
-
-
-class _RingEnvelope:
-    r"""The bridge envelope for nearly antipodal endpoints, whose bridge is a thin ring.
-
-    In polar coordinates about the pole a (w = 1 − a·x, azimuth φ about a), the other endpoint
-    b at angle Ω is at distance θ_b ≥ |Ω − r| from x (r = ∠(a, x)), so (p_τ increasing in z)
-    p_{τb}(z_b) ≤ p_{τb}(c(z_a)), c(z) = z cos Ω + √(1 − z²) sin Ω = cos(Ω − r). The radial
-    envelope h(z) = log p_{τa}(z) + log p_{τb}(c(z)) is concave in z (log p_{τb} is concave and
-    increasing, c is concave), so its tangents at two points z_hi < z_lo around the ring bound
-    it: h ≤ ℓ, ℓ the tangent at z_hi left of a breakpoint and the one at z_lo right of it (each
-    tangent bounds h everywhere, so any breakpoint is valid; their crossing is the tightest).
-    The proposal draws w from the two-piece exponential e^{ℓ} and φ uniformly; a draw is kept
-    with probability p_{τa}(z_a) p_{τb}(z_b) / e^{ℓ} ≤ 1. The tangent points are one radial
-    standard deviation σ = √(τa τb/(τa + τb)) either side of the ring's radius r* = κΩ. The pole
-    is the endpoint nearer the ring (κ ≤ 1/2), so that w ≤ 1 there and x is formed accurately.
-    """
-
-    def __init__(self, a, b, tau_a, tau_b, omega, kappa):
-        self.a, self.b, self.tau_a, self.tau_b = a, b, tau_a, tau_b
-        self.cos_om, self.sin_om = torch.cos(omega), torch.sin(omega)
-        ring = kappa * omega
-        sd = torch.sqrt(tau_a * tau_b / (tau_a + tau_b))
-        low_end = torch.maximum(omega - _TANGENT_MAX, ring / 2).clamp_min(1e-9)
-        r_lo = torch.maximum(ring - sd, low_end)          # nearer the pole: larger z, smaller w
-        r_hi = torch.minimum(ring + sd, torch.full_like(ring, _TANGENT_MAX)).maximum(r_lo)
-        lines = [self._tangent(r, omega) for r in (r_lo, r_hi)]
-        (self.h_lo, self.s_lo, self.w_lo), (self.h_hi, self.s_hi, self.w_hi) = lines
-        # ℓ(w) = h_i − s_i (w − w_i), s_i = dh/dz: the line at r_lo for w < w_x, at r_hi beyond
-        gap = self.s_hi - self.s_lo
-        cross = (self.h_hi - self.h_lo + self.s_hi * self.w_hi - self.s_lo * self.w_lo) / gap
-        mid = (self.w_lo + self.w_hi) / 2
-        self.w_x = torch.where(gap > 0, cross, mid).maximum(self.w_lo).minimum(self.w_hi)
-        zero, two = torch.zeros_like(ring), torch.full_like(ring, 2.0)
-        self.log_left = (self.h_lo + self.s_lo * self.w_lo
-                         + _log_exp_integral(self.s_lo, zero, self.w_x))
-        self.log_right = (self.h_hi + self.s_hi * self.w_hi
-                          + _log_exp_integral(self.s_hi, self.w_x, two))
-
-    def _tangent(self, r, omega):
-        """h, dh/dz and w at the angle r from the pole."""
-        log_pa, slope_a = _log_heat_at(r, self.tau_a)
-        log_pb, slope_b = _log_heat_at((omega - r).abs(), self.tau_b)
-        dc_dz = self.cos_om - self.sin_om / torch.tan(r)
-        return log_pa + log_pb, slope_a + slope_b * dc_dz, 1 - torch.cos(r)
-
-    def log_mass(self) -> Tensor:
-        return math.log(2 * math.pi) + torch.logaddexp(self.log_left, self.log_right)
-
-    def propose(self, rows, generator):
-        a = self.a[rows]
-        draw = dict(generator=generator, dtype=a.dtype, device=a.device)
-        u_piece, u, phi = (torch.rand(a.shape[0], **draw) for _ in range(3))
-        left = torch.log(u_piece) < self.log_left[rows] - torch.logaddexp(self.log_left[rows],
-                                                                          self.log_right[rows])
-        zero, two, w_x = torch.zeros_like(u), torch.full_like(u, 2.0), self.w_x[rows]
-        slope = torch.where(left, self.s_lo[rows], self.s_hi[rows])
-        w = _exp_draw(slope, torch.where(left, zero, w_x), torch.where(left, w_x, two), u)
-        e1, e2 = _tangent_basis(a)
-        phi = 2 * math.pi * phi
-        radial = torch.sqrt(w * (2 - w))
-        x = ((1 - w)[:, None] * a
-             + radial[:, None] * (torch.cos(phi)[:, None] * e1 + torch.sin(phi)[:, None] * e2))
-        return x, _accept(x, self, rows, generator)
-
-    def log_envelope(self, x, rows):
-        """ℓ(w) at points x (m, 3) for the elements ``rows``, w = 1 − a·x from x's half angle."""
-        w = 2 * _halves(x, self.a[rows])[0] ** 2
-        return torch.where(w < self.w_x[rows],
-                           self.h_lo[rows] - self.s_lo[rows] * (w - self.w_lo[rows]),
-                           self.h_hi[rows] - self.s_hi[rows] * (w - self.w_hi[rows]))
-
-
-def _log_heat_at(theta: Tensor, tau: Tensor):
-    return _log_heat(torch.sin(theta / 2), torch.cos(theta / 2), tau, slope=True)
-
-
-def _log_flat_lower_bound(sh: Tensor, ch: Tensor, tau: Tensor) -> Tensor:
-    """log of the planar heat kernel e^{−θ²/(2τ)}/(2πτ), a lower bound of p_τ(θ) on S²
-    (Cheeger and Yau, 1981: Ric ≥ 0 puts the heat kernel above the Euclidean one at equal
-    distance; tests/test_sphere.py checks it too)."""
-    theta = 2 * torch.atan2(sh, ch)
-    return -theta * theta / (2 * tau) - torch.log(2 * math.pi * tau)
-
-
-def _accept(x: Tensor, envelope, rows, generator) -> Tensor:
-    """Accept each draw x (m, 3) of ``envelope`` for the elements ``rows`` with probability
-    p_{τa}(∠(a, x)) p_{τb}(∠(x, b)) / envelope(x). On the host a squeeze decides first: a
-    uniform below (lower bound)/envelope accepts at once, and only the other draws evaluate
-    the kernels exactly (the same decision); elsewhere every draw is evaluated."""
-    log_envelope = envelope.log_envelope(x, rows)
-    factors = [(*_halves(x, envelope.a[rows]), envelope.tau_a[rows]),
-               (*_halves(x, envelope.b[rows]), envelope.tau_b[rows])]
-    log_u = torch.log(torch.rand(log_envelope.shape, generator=generator,
-                                 dtype=log_envelope.dtype, device=log_envelope.device))
-    if not use_host_path(log_envelope):
-        return log_u < sum(_log_heat(*f) for f in factors) - log_envelope
-    accepted = log_u < sum(_log_flat_lower_bound(*f) for f in factors) - log_envelope
-    todo = (~accepted).nonzero().squeeze(1)
+def _fibre_propose(c: dict, rows, generator):
+    """One round for the elements ``rows``: candidate fibre angles β (m,) and whether each is
+    kept, with probability f_τ(2d(β)) / E(β) ≤ 1."""
+    if not isinstance(rows, slice):
+        c = {k: v if v.ndim == 0 else v[rows] for k, v in c.items()}
+    sh = c["sh"]
+    draw = dict(generator=generator, dtype=sh.dtype, device=sh.device)
+    pick, u, v = (torch.rand(sh.shape, **draw) for _ in range(3))
+    z = torch.randn(sh.shape, **draw)
+    beta = torch.where(pick < c["p_gauss"], z * c["sd"], (u - 0.5) * math.pi)
+    inside = beta.abs() <= math.pi / 2
+    beta = beta.clamp(-math.pi / 2, math.pi / 2)
+    # sin d, cos d without cancellation: sin²d = sin²h + cos²h sin²β, cos d = cos h cos β
+    d = torch.atan2(torch.sqrt(sh * sh + (c["ch"] * torch.sin(beta)) ** 2),
+                    c["ch"] * torch.cos(beta))
+    log_v = torch.log(v) + torch.logaddexp(c["log_gauss"] - c["lam_k"] * beta * beta,
+                                           c["log_flat"])
+    if not use_host_path(sh):
+        return beta, inside & (log_v < _igso3.log_density(2 * d, c["tau"]))
+    # squeeze: f(2d) ≥ π²C_T (d/sin d) e^{−d²/(2T)} (1 − 5e^{−π²/T}) for d ≤ π/2, T ≤ 2.7
+    keep = log_v < c["squeeze"] - d * d / (2 * c["T"]) - torch.log(_igso3.sinc(d))
+    todo = (inside & ~keep).nonzero().squeeze(1)
     if todo.numel():
-        exact = sum(_log_heat(*(part[todo] for part in f)) for f in factors)
-        accepted[todo] = log_u[todo] < exact - log_envelope[todo]
-    return accepted
+        tau = c["tau"] if c["tau"].ndim == 0 else c["tau"][todo]
+        keep[todo] = log_v[todo] < _igso3.log_density(2 * d[todo], tau)
+    return beta, inside & keep
 
 
-class _Bridge:
-    """Per element, the exact envelope of smaller mass (higher acceptance p_t(Ω)/mass) wins.
-    The ring is only set up where the von Mises–Fisher concentration K is below half the
-    bridge's radial precision 1/σ² (far or nearly antipodal endpoints; on the host only for
-    those elements), and taken where its mass is smaller."""
-
-    def __init__(self, a, b, tau_a, tau_b):
-        swap = tau_a > tau_b                       # the ring's pole is the nearer endpoint
-        self.a = torch.where(swap[:, None], b, a)
-        self.b = torch.where(swap[:, None], a, b)
-        self.tau_a, self.tau_b = torch.where(swap, tau_b, tau_a), torch.where(swap, tau_a, tau_b)
-        sh, ch = _halves(self.a, self.b)
-        self.omega = 2 * torch.atan2(sh, ch)
-        self.kappa = self.tau_a / (self.tau_a + self.tau_b)
-        self.vmf = _VonMisesFisherEnvelope(self.a, self.b, self.tau_a, self.tau_b, self.omega,
-                                           self.kappa)
-        precision = (self.tau_a + self.tau_b) / (self.tau_a * self.tau_b)
-        candidate = self.vmf.kappa < precision / 2
-        n = self.a.shape[0]
-        if use_host_path(a):
-            self.ring_rows = candidate.nonzero().squeeze(1)
-        else:
-            self.ring_rows = torch.arange(n, device=a.device)
-        self.ring, self.use_ring = None, torch.zeros_like(candidate)
-        if self.ring_rows.numel():
-            r = self.ring_rows
-            self.ring = _RingEnvelope(self.a[r], self.b[r], self.tau_a[r], self.tau_b[r],
-                                      self.omega[r], self.kappa[r])
-            better = candidate[r] & (self.ring.log_mass() < self.vmf.log_mass()[r])
-            self.use_ring[r] = better
-        self.position = torch.full((n,), -1, dtype=torch.long, device=a.device)
-        self.position[self.ring_rows] = torch.arange(self.ring_rows.numel(), device=a.device)
-
-    def log_mass(self) -> Tensor:
-        """log of the chosen envelope's mass: a round accepts with probability p_t(Ω)/mass."""
-        mass = self.vmf.log_mass()
-        if self.ring is not None:
-            mass = mass.clone()
-            mass[self.ring_rows] = torch.where(self.use_ring[self.ring_rows],
-                                               self.ring.log_mass(), mass[self.ring_rows])
-        return mass
-
-    def log_envelope(self, x):
-        """The chosen envelope at one point x (N, 3) per element (for the tests)."""
-        rows = torch.arange(self.a.shape[0], device=x.device)
-        out = self.vmf.log_envelope(x, rows)
-        if self.ring is not None:
-            r = self.ring_rows
-            ring = self.ring.log_envelope(x[r], torch.arange(r.numel(), device=x.device))
-            out[r] = torch.where(self.use_ring[r], ring, out[r])
-        return out
-
-    def propose(self, rows, generator):
-        if isinstance(rows, slice):
-            rows = torch.arange(self.a.shape[0], device=self.a.device)
-        if self.ring is None:
-            return self.vmf.propose(rows, generator)
-        return _igso3.select(
-            self.use_ring[rows],
-            lambda r: self.ring.propose(self.position[r].clamp_min(0), generator),
-            lambda r: self.vmf.propose(r, generator), rows)
+def _fibre_angles(sh: Tensor, ch: Tensor, tau: Tensor, generator) -> Tensor:
+    """Exact draws of the fibre angle β (N,) (``SphereBrownian``'s docstring)."""
+    c = _fibre_constants(sh, ch, tau)
+    return exact_rejection(lambda rows: _fibre_propose(c, rows, generator), sh.shape[0], sh,
+                           FIBRE_ROUNDS)
 
 
-def _bridge(a: Tensor, b: Tensor, tau_a: Tensor, tau_b: Tensor, generator) -> Tensor:
-    """Exact bridge draws (N, 3) between unit vectors a, b (N, 3) over times τ_a, τ_b (N,)."""
-    bridge = _Bridge(a, b, tau_a, tau_b)
-
-    def propose(rows):
-        return bridge.propose(rows, generator)
-
-    return exact_rejection(propose, a.shape[0], a, BRIDGE_ROUNDS)
+def _bridge(a: Tensor, b: Tensor, tau_a, tau_b, dtype, generator) -> Tensor:
+    """Exact bridge draws (N, 3) (float64) between unit vectors a, b (N, 3, float64) over times
+    τ_a, τ_b (0-d or (N,), float64): R_t = R* ⊗ exp(β a) with β the fibre angle and R* the
+    shortest rotation from a to b (axis a × b; where that vanishes, b = ±a, any axis ⊥ a
+    gives the same fibre), the SO(3) bridge from the identity to R_t at S³ times τ_a/4, τ_b/4
+    in ``dtype``, and x_s = R_s a. Written on components (contiguous (N,) tensors)."""
+    n = a.shape[0]
+    (ax, ay, az), (bx, by, bz) = _igso3.components(a), _igso3.components(b)
+    sh = torch.sqrt((ax - bx) ** 2 + (ay - by) ** 2 + (az - bz) ** 2) / 2
+    ch = torch.sqrt((ax + bx) ** 2 + (ay + by) ** 2 + (az + bz) ** 2) / 2
+    axis = [ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx]
+    norm = torch.sqrt(axis[0] ** 2 + axis[1] ** 2 + axis[2] ** 2)
+    degenerate = norm <= 1e-150
+    if not use_host_path(a) or bool(degenerate.any()):   # a × e_x or a × e_y, |·| ≥ 1/2
+        small_x = ax.abs() <= 0.5
+        other = [torch.where(small_x, 0.0, -az), torch.where(small_x, az, 0.0),
+                 torch.where(small_x, -ay, ax)]
+        axis = [torch.where(degenerate, o, v) for o, v in zip(other, axis)]
+        norm = torch.where(degenerate, torch.sqrt(other[0] ** 2 + other[1] ** 2
+                                                  + other[2] ** 2), norm)
+    scale = sh / norm.clamp_min(1e-300)
+    beta = _fibre_angles(sh, ch, tau_a + tau_b, generator)
+    sin_b = torch.sin(beta)
+    q_t = _igso3.unit_stack(_igso3.quat_mul((*(v * scale for v in axis), ch),
+                                            (sin_b * ax, sin_b * ay, sin_b * az, torch.cos(beta))))
+    identity = torch.zeros((n, 4), dtype=dtype, device=a.device)
+    identity[:, 3] = 1
+    q_s = _so3_bridge.sample(tau_a.to(dtype) / 4, tau_b.to(dtype) / 4, identity, q_t.to(dtype),
+                             generator)
+    ux, uy, uz, w = _igso3.components(q_s.double())
+    # x_s = a + 2w (u × a) + 2 u × (u × a)
+    cx, cy, cz = uy * az - uz * ay, uz * ax - ux * az, ux * ay - uy * ax
+    out = a.new_empty((n, 3))
+    out[:, 0] = ax + 2 * (w * cx + uy * cz - uz * cy)
+    out[:, 1] = ay + 2 * (w * cy + uz * cx - ux * cz)
+    out[:, 2] = az + 2 * (w * cz + ux * cy - uy * cx)
+    return out
 
 
 # ---------------------------------------------------------------- the process
@@ -440,49 +292,66 @@ class SphereBrownian(Process):
     SO(3) moves x_0 by Brownian motion on S²), and that is how the forward law is drawn:
     exactly, by the IGSO(3) rejection sampler, for τ from 1e-9 to 1e4.
 
-    * bridge: density ∝ p_{rs}(x_0·x) p_{r(t−s)}(x·x_t) with respect to area, drawn exactly by
-      rejection (below); x0 must be unit vectors like x_t (normalise a network's output);
+    * bridge: density ∝ p_{rs}(x_0·x) p_{r(t−s)}(x·x_t) with respect to area, drawn exactly
+      through SO(3) (below); x0 must be unit vectors like x_t (normalise a network's output);
     * equilibrium: uniform on S²;
     * loss: the squared chord |x̂/|x̂| − x|² = 2 − 2 cos ∠(x̂, x) (≈ the squared angle for close
       vectors; smooth, and x0_hat need not be normalised), per vector (shape ``x.shape[:-1]``);
       scaler √(1 − e^{−rt}): E[x_0·x_t] = e^{−rt}, so the RMS chord between x_0 and x_t is
       √2 times the scaler.
 
-    **Lemma (log-concavity).** For every τ > 0, z ↦ log p_τ(z) is concave on [−1, 1].
-    *Proof.* Let u = log P for a positive solution of the heat equation in z,
-    ∂_τ P = ½ ∂_z((1 − z²) ∂_z P), and w = u''. Differentiating twice,
-    ∂_τ w = −3w − u'² − 3z w' − 4z u' w + ½(1 − z²)(w'' + 2w² + 2u' w').
-    At a maximum point of w(·, τ) with value M ≥ 0 (interior: w' = 0, w'' ≤ 0; at z = 1:
-    w' ≥ 0; at z = −1: w' ≤ 0, where the (1 − z²) terms vanish) this gives ∂_τ w ≤ C M, C
-    bounded while u' is; so M cannot become positive once it is ≤ 0 (Grönwall). A von
-    Mises–Fisher start P_0 ∝ e^{kz} has w ≡ 0, hence e^{τA}P_0 is log-concave for all τ, and
-    as k → ∞ it tends to p_τ uniformly: p_τ is log-concave. ∎ In particular p_τ is increasing in
-    z (a concave function maximal at z = 1, where p_τ(x, x) ≥ p_τ(x, y) by Cauchy–Schwarz),
-    and every tangent line bounds it: p_τ(z) ≤ p_τ(z*) e^{λ(z − z*)}, λ = (log p_τ)'(z*).
+    **The bridge sampler: a lift to SO(3).** Let B be Brownian motion on SO(3) from the
+    identity, B_t ~ IGSO(3)(ε² = rt). Its increments are conjugation invariant, so they are
+    independent on either side, and x_t = B_t x_0 is this process (x_{t+h} = G x_t, G ~
+    IGSO(3)(rh) independent of the past: the forward law above). (x_s, x_t) is a function of
+    (B_s, B_t), hence, exactly,
 
-    **The bridge sampler.** Two envelopes follow from the lemma; each element takes the one of
-    smaller mass, and a draw is kept with probability (target)/(envelope) ≤ 1:
+        p(x_s | x_0, x_t) = law of B_s x_0,
+        B_t ~ p(B_t | B_t x_0 = x_t),  B_s ~ p(B_s | B_0 = 1, B_t),
 
-    * von Mises–Fisher: the product of the two tangent bounds at the bridge's mode on the
-      geodesic (angles κΩ from x_0 and (1 − κ)Ω from x_t, κ = s/t, Ω = ∠(x_0, x_t)) is
-      ∝ e^{(λ_0 x_0 + λ_t x_t)·x}, drawn in closed form;
-    * ring, for nearly antipodal endpoints (whose bridge is a thin ring about x_0): about the
-      pole x_0, p_{r(t−s)}(x·x_t) ≤ p_{r(t−s)}(cos(Ω − r)) at distance r, and the log of
-      p_{rs}(cos r) p_{r(t−s)}(cos(Ω − r)) is concave in cos r; two of its tangents make a
-      two-piece exponential law of cos r, with a uniform azimuth.
+    the last being the SO(3) bridge (``_so3_bridge``: exact; its law
+    ∝ f(∠B_s) f(∠(B_s⁻¹B_t)) is the same for left and right increments, f conjugation
+    invariant), run at the S³ times rs/4, r(t − s)/4 (its ε² is 4× its time, as for the
+    forward draw, ``_igso3.sample(τ/4)``). B_t is drawn on its fibre as follows.
 
-    A round accepts with probability p_{rt}(Ω)/(envelope mass), in closed form (the tests
-    measure it). It is 1 − O(rt) for typical endpoints; 0.95 at Ω = 1 and 0.64–0.98 at
-    Ω = 2.5 for any small rt; 0.76 at the antipode; its minimum over Ω, for endpoints a few
-    standard deviations off antipodal, is 0.07, 0.02, 0.007 at rt = 1e-3, 1e-5, 1e-7 (0.25 at
-    rt = 0.1). ``BRIDGE_ROUNDS`` vectorised rounds run on every element, then one host decision
-    hands the leftovers to more rounds on those elements only (exact: rejection is memoryless).
-    On the host a squeeze (the planar heat kernel is a lower bound, Cheeger–Yau) accepts most
-    draws without evaluating p exactly.
+    1. *The fibre law.* With a = x_0, b = x_t, θ = ∠(a, b), h = θ/2 and R* the shortest rotation
+       from a to b (axis ⊥ a), the rotations taking a to b are R* ⊗ (sin β a, cos β),
+       β ∈ (−π/2, π/2] (up to the sign of the quaternion). Haar measure disintegrates over
+       R ↦ R a into the uniform measure dβ on each fibre, so β has density ∝ f_τ(2d), f_τ the
+       IGSO(3) Haar density (``_igso3.log_density``, τ = rt) and d ∈ [h, π/2] the S³ distance
+       of R to the identity: cos d = cos h cos β (the real part of R* ⊗ (sin β a, cos β)).
+       (So p_τ(θ) = (1/4π) mean_β f_τ(2d), the fibre integral above; the tests check it.)
+    2. *Envelopes.* With T = τ/4, f_τ(2d) = π²C_T [k(d) + k(π − d)], C_T = e^{T/2}(2πT)^{−3/2},
+       where C_T k(d), k(d) = (d/sin d) e^{−d²/(2T)} R_T(d), is the S³ heat kernel and
+       R_T ∈ [0, 1] its image factor (``_igso3.image_factor``, T ≤ π²). Facts:
+       (i) d/sin d ≤ e^{γd²} on [0, π/2], γ = log(π/2)/(π/2)² (log(d/sin d) has positive Taylor
+       coefficients in d², so log(d/sin d)/d² increases);
+       (ii) d² ≥ h² + κβ², κ = 1 − (2h/π)²: in units of π/2 (u, w, v for h, β, d, so that
+       cos(πv/2) = cos(πu/2) cos(πw/2)) it reads ψ(pq) ≤ ψ(p)ψ(q) for ψ(p) = 1 − (2 arccos p/π)²,
+       which holds as L(t) = −log ψ(e^{−t}) is convex with L(0) = 0, hence superadditive (a
+       one-variable fact; the tests check the bound itself on a fine grid; equality at β = π/2);
+       (iii) the S³ heat kernel decreases with the distance, so k(π − d) ≤ k(π/2)
+       ≤ (π/2) e^{−π²/(8T)} and f_τ(2d) ≤ π²C_T[k(h) + k(π/2)] ≤ f_τ(2h) + f_τ(π)/2; and
+       f_τ(2d) ≤ f_τ(0) (a positive-definite function is largest at 0).
+       Hence, where λ = 1/(2T) − γ > 0,
+       f_τ(2d) ≤ π²C_T [e^{−λ(h² + κβ²)} + (π/2) e^{−π²/(8T)}] (a Gaussian in β plus a
+       constant on |β| ≤ π/2), and everywhere f_τ(2d) ≤ min(f_τ(0), f_τ(2h) + f_τ(π)/2) (flat).
+       Each element takes the first where its Gaussian is narrow or its mass is the smaller
+       (a deterministic choice: exact either way); a round draws from the envelope's
+       components in proportion to their masses and keeps β with probability
+       f_τ(2d)/E(β) ≤ 1, so kept draws follow the fibre law exactly. It accepts
+       4π² p_τ(θ)/(envelope mass) (the tests measure it): 0.98 for typical endpoints at
+       rt = 0.6, ≥ 0.65 everywhere (the least near the antipode). On the host a squeeze,
+       f_τ(2d) ≥ π²C_T k(d) ≥ π²C_T (d/sin d) e^{−d²/(2T)} (1 − 5e^{−π²/T}) (R_T(d) ≥ 1 −
+       Σ_n 4n e^{−π²n(2n−1)/T} for d ≤ π/2), decides most draws without evaluating f_τ.
+    3. B_t = R* ⊗ (sin β a, cos β); B_s from the SO(3) bridge between 1 and B_t; x_s = B_s a.
 
-    All sampling runs in float64: the densities are of order e^{−θ²/(2τ)} with τ down to 1e-9,
-    and 1 − cos θ must be resolved far below float32's resolution; outputs are renormalised
-    unit vectors in the input's dtype.
+    Rounds: ``_util.exact_rejection`` (fixed rounds on accelerators, then one host decision
+    on the leftovers; rejection is memoryless). Numerics: the fibre angle in float64 (its
+    keep probability compares exponents of order θ²/τ, τ down to 1e-9); the SO(3) bridge in
+    the data's precision (float32 for all but float64 data: it is free of cancellation, so
+    only float32 rounding is lost, as for ``RotationDiffusion``); x_s = B_s a in float64;
+    outputs are renormalised unit vectors in the input's dtype.
 
     Example::
 
@@ -511,11 +380,17 @@ class SphereBrownian(Process):
         return _in_dtype(x, x0)
 
     def endpoint_conditioned_sample(self, s, t, x0, x_t, generator=None):
-        tau_s = self._tau(s, x_t)
-        tau_rest = self._tau(t.double() - s.double(), x_t)
+        s, t = s.double(), t.double()
+        tau_s, tau_rest = self._times(s, x_t), self._times(t - s, x_t)
+        dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
         x = _bridge(_unit64(x0).reshape(-1, 3), _unit64(x_t).reshape(-1, 3), tau_s, tau_rest,
-                    generator)
+                    dtype, generator)
         return _in_dtype(x, x_t)
+
+    def _times(self, t: Tensor, x: Tensor) -> Tensor:
+        """τ = r t in float64: 0-d if t is (one time for the call), else per vector (N,)."""
+        tau = as_param(self.rate, t) * t
+        return tau if tau.ndim == 0 else self._tau(t, x)
 
     def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
         shape = torch.Size(shape)

@@ -304,44 +304,60 @@ def test_bridge_consistency_per_element_t():
         assert_ks(angle(x0[i], x_s[i]), angle_cdf(1.5 * float(s[i])), what=f"s={float(s[i])}")
 
 
-@pytest.mark.parametrize("tau_s, tau_d, omega, ring", [
-    (0.02, 0.03, 0.25, False), (0.004, 0.006, 2.5, False), (0.01, 0.01, math.pi - 0.02, True)])
-def test_one_round_accepts_the_bridge_at_its_closed_form_rate(tau_s, tau_d, omega, ring):
-    """One vectorised round: the accepted draws follow the bridge, and the fraction accepted is
-    p_t(Ω)/(envelope mass), with p_t(Ω) from the oracle (the envelope's own mass in closed
-    form). An envelope that failed to bound the target would accept less than that."""
+def fibre_density(theta, tau, beta):
+    """f_τ(2d) on the fibre up to a constant, cos d = cos(θ/2) cos β (f the IGSO(3) Haar
+    density, tested in test_rotation.py)."""
+    h = theta / 2
+    d = np.arctan2(np.sqrt(np.sin(h) ** 2 + (np.cos(h) * np.sin(beta)) ** 2),
+                   np.cos(h) * np.cos(beta))
+    log_f = bd._igso3.log_density(torch.from_numpy(2 * d), torch.tensor(tau, dtype=F64)).numpy()
+    return np.exp(log_f - log_f.max())
+
+
+def test_fibre_distance_bound():
+    """Fact (ii) of the bridge: d² ≥ h² + (1 − (2h/π)²) β² on the fibre (cos d = cos h cos β),
+    with equality at β = π/2."""
+    h = np.linspace(0, math.pi / 2, 301)[:, None]
+    beta = np.linspace(1e-3, math.pi / 2, 3001)[None]
+    d = np.arctan2(np.sqrt(np.sin(h) ** 2 + (np.cos(h) * np.sin(beta)) ** 2),
+                   np.cos(h) * np.cos(beta))
+    kappa = 1 - (2 * h / math.pi) ** 2
+    assert np.all((d - h) * (d + h) >= kappa * beta ** 2 * (1 - 1e-12))
+
+
+@pytest.mark.parametrize("theta, tau", [(1.0, 0.6), (2.5, 0.01), (0.3, 1e-6), (1.0, 20.0),
+                                        (math.pi - 0.02, 0.02), (math.pi, 0.6), (0.0, 3.0)])
+def test_fibre_round_accepts_at_its_closed_form_rate(theta, tau):
+    """One round of the fibre sampler: it accepts 4π² p_τ(θ)/(envelope mass), p_τ from the
+    oracle (the fibre average of f_τ is the heat kernel), and the kept angles follow the fibre
+    law f_τ(2d(β)) by quadrature. An envelope below the target somewhere would accept less."""
     g, n = gen(7), 40000
-    a, b = endpoints(omega, n)
-    bridge = sphere._Bridge(a, b, torch.full((n,), tau_s, dtype=F64),
-                            torch.full((n,), tau_d, dtype=F64))
-    assert bool((bridge.use_ring == ring).all())
-    x, accepted = bridge.propose(slice(None), g)
-    rate = math.exp(log_density(np.array([omega]), tau_s + tau_d)[0] - float(bridge.log_mass()[0]))
-    hits = int(accepted.sum())
-    assert_binomial(hits, n, rate, what="acceptance per round")
-    assert_ks(angle(a[accepted], x[accepted]), bridge_marginals(tau_s, tau_d, omega)[0],
-              what="accepted draws")
+    sh, ch = (x.expand(n).contiguous() for x in halves(theta))
+    c = sphere._fibre_constants(sh, ch, torch.tensor(tau, dtype=F64))
+    beta, accepted = sphere._fibre_propose(c, slice(None), g)
+    rate = math.exp(math.log(4 * math.pi ** 2) + log_density(np.array([theta]), tau)[0]
+                    - float(c["log_mass"][0]))
+    assert_binomial(int(accepted.sum()), n, rate, what="acceptance per round")
+    grid = np.linspace(-math.pi / 2, math.pi / 2, 200001)
+    density = fibre_density(theta, tau, grid)
+    cdf = np.concatenate([[0], np.cumsum((density[1:] + density[:-1]) / 2)])
+    assert_ks(beta[accepted], lambda x: np.interp(x, grid, cdf / cdf[-1]), what="kept angles")
 
 
-@pytest.mark.parametrize("tau_s, tau_d, omega", [
-    (0.02, 0.03, 0.25), (0.004, 0.006, 2.5), (0.01, 0.01, math.pi - 0.02), (0.01, 0.01, math.pi),
-    (0.3, 0.6, 1.0)])
-def test_envelopes_bound_the_target_everywhere(tau_s, tau_d, omega):
-    """The lemma at work: at the envelope's own draws, at uniform points and along the geodesic
-    and the ring, the oracle's target p_s p_{t−s} never exceeds the chosen envelope."""
-    g, n = gen(17), 80
-    a, b = endpoints(omega, 3 * n)
-    bridge = sphere._Bridge(a, b, torch.full((3 * n,), tau_s, dtype=F64),
-                            torch.full((3 * n,), tau_d, dtype=F64))
-    drawn = bridge.propose(slice(None), g)[0][:n]
-    r = torch.linspace(0.01, math.pi - 0.01, n, dtype=F64)
-    sweep = torch.stack([torch.sin(r) * torch.cos(r * 7), torch.sin(r) * torch.sin(r * 7) * 1e-2,
-                         torch.cos(r)], -1)
-    x = torch.cat([drawn, uniform_vectors(n, g), sweep / sweep.norm(dim=-1, keepdim=True)])
-    log_env = bridge.log_envelope(x).numpy()
-    log_target = (log_density(angle(a, x).numpy(), tau_s) + log_density(angle(x, b).numpy(), tau_d))
-    assert np.all(log_target - log_env <= 1e-9 * np.maximum(1, np.abs(log_env))), \
-        (log_target - log_env).max()
+def test_fibre_envelope_bounds_the_target(sampler_path):
+    """Along every fibre of a grid of (θ, τ), τ from 1e-9 to 1e4, the exact target never exceeds
+    the chosen envelope (host and device constants alike)."""
+    thetas = np.array([0, 1e-5, 0.1, 1.0, 2.0, 3.0, math.pi - 1e-3, math.pi])
+    taus = np.array([1e-9, 1e-4, 0.05, 0.6, 2.0, 8.0, 11.0, 40.0, 1e4])
+    th, ta = (torch.from_numpy(x.ravel()) for x in np.meshgrid(thetas, taus, indexing="ij"))
+    c = sphere._fibre_constants(torch.sin(th / 2), torch.cos(th / 2), ta)
+    beta = torch.linspace(-math.pi / 2, math.pi / 2, 2001, dtype=F64)
+    for i in range(th.shape[0]):
+        sh, ch = torch.sin(th[i] / 2), torch.cos(th[i] / 2)
+        d = torch.atan2(torch.sqrt(sh * sh + (ch * torch.sin(beta)) ** 2), ch * torch.cos(beta))
+        target = bd._igso3.log_density(2 * d, ta[i].expand_as(d))
+        envelope = torch.logaddexp(c["log_gauss"][i] - c["lam_k"][i] * beta ** 2, c["log_flat"][i])
+        assert float((target - envelope).max()) <= 1e-12 * max(1.0, float(target.abs().max()))
 
 
 def test_device_path_draws_the_same_law(sampler_path):
