@@ -172,6 +172,20 @@ def rotation_cases(sizes: Sizes, ctx: Context) -> list[Case]:
     return cases
 
 
+def sphere_cases(sizes: Sizes, ctx: Context) -> list[Case]:
+    """Forward and bridge at typical endpoints, and the bridge between unrelated directions."""
+    process, g = bd.SphereBrownian(1.0), ctx.generator
+    grid = (sizes.rows, sizes.n // sizes.rows)
+    directions = lambda: torch.nn.functional.normalize(ctx.randn(*grid, 3), dim=-1)
+    cases = _forward_and_bridge(process, "SphereBrownian", directions(), ctx, event_size=3)
+    x0, x_t = directions(), directions()
+    cases.append(Case("SphereBrownian bridge, far endpoints", "SphereBrownian", "bridge-far",
+                      sizes.n, 3 * sizes.n,
+                      lambda: bd.endpoint_conditioned_sample(process, BRIDGE_S, BRIDGE_T, x0,
+                                                             x_t, generator=g)))
+    return cases
+
+
 PROCESS_SUITES: list[tuple[str, Callable[[Sizes, Context], list[Case]]]] = [
     ("Euclidean", euclidean_cases),
     ("UniformDiscrete", uniform_discrete_cases),
@@ -180,6 +194,7 @@ PROCESS_SUITES: list[tuple[str, Callable[[Sizes, Context], list[Case]]]] = [
     ("AbsorbingDiscrete", absorbing_discrete_cases),
     ("circle", circle_cases),
     ("RotationDiffusion", rotation_cases),
+    ("SphereBrownian", sphere_cases),
 ]
 
 # Largest ratio_to_floor allowed by the issue, by record name (they apply to CPU, float32,
