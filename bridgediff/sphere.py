@@ -24,9 +24,7 @@ Numerics of p_τ (all in float64):
   Gaussian factor has fallen by e^{−45}, is accurate to ~1e-13 relative for every θ and τ
   (tests/test_sphere.py checks it to 1e-12 against independent oracles).
 
-The slope λ = d log p_τ / dz (``_log_heat(slope=True)``) is the same average of the
-derivative of the integrand (or the derivative of the series). The bridge samples this fibre
-itself (``SphereBrownian``; its β is α/2).
+The bridge samples this fibre itself (``SphereBrownian``; its β is α/2).
 """
 
 import math
@@ -52,44 +50,29 @@ _CHUNK = 1 << 15          # kernel evaluations on the CPU run in chunks of this 
 
 # ---------------------------------------------------------------- the heat kernel
 
-def _log_heat(half_sin: Tensor, half_cos: Tensor, tau: Tensor, slope: bool = False):
+def _log_heat(half_sin: Tensor, half_cos: Tensor, tau: Tensor) -> Tensor:
     """log p_τ at the angle θ with sin(θ/2) = ``half_sin``, cos(θ/2) = ``half_cos`` (both ≥ 0),
-    float64 tensors of one shape; with ``slope`` also λ = d log p_τ/dz (z = cos θ), which is
-    accurate for θ ≤ π − 1e-3 (at the antipode it is 0/0 and is not computed)."""
+    float64 tensors of one shape."""
     if half_sin.device.type == "cpu" and half_sin.numel() > _CHUNK:
         # elementwise, so chunks give the same numbers; (chunk, _NODES) temporaries stay in cache
-        parts = [_log_heat(*args, slope=slope) for args in
+        parts = [_log_heat(*args) for args in
                  zip(*(x.reshape(-1).split(_CHUNK) for x in (half_sin, half_cos, tau)))]
-        if slope:
-            return tuple(torch.cat(p).reshape(half_sin.shape) for p in zip(*parts))
         return torch.cat(parts).reshape(half_sin.shape)
-
-    def series(sh, ch, tau):
-        return _series(sh, ch, tau, slope)
-
-    def fibre(sh, ch, tau):
-        return _fibre(sh, ch, tau, slope)
-
-    return _igso3.select(tau < SERIES_FROM, fibre, series, half_sin, half_cos, tau)
+    return _igso3.select(tau < SERIES_FROM, _fibre, _series, half_sin, half_cos, tau)
 
 
-def _series(sh: Tensor, ch: Tensor, tau: Tensor, slope: bool):
+def _series(sh: Tensor, ch: Tensor, tau: Tensor) -> Tensor:
     z = ch * ch - sh * sh
     p_prev, p = torch.ones_like(z), z                      # P_0, P_1
-    d_prev, d = torch.zeros_like(z), torch.ones_like(z)    # P_0', P_1'
     total = torch.full_like(z, 1 / (4 * math.pi))
-    total_d = torch.zeros_like(z)
     for l in range(1, _L + 1):
         w = (2 * l + 1) / (4 * math.pi) * torch.exp(-l * (l + 1) / 2 * tau)
         total = total + w * p
-        total_d = total_d + w * d
-        p_prev, p, d_prev, d = (p, ((2 * l + 1) * z * p - l * p_prev) / (l + 1),
-                                d, d_prev + (2 * l + 1) * p)
-    log_p = torch.log(total)
-    return (log_p, total_d / total) if slope else log_p
+        p_prev, p = p, ((2 * l + 1) * z * p - l * p_prev) / (l + 1)
+    return torch.log(total)
 
 
-def _fibre(sh: Tensor, ch: Tensor, tau: Tensor, slope: bool):
+def _fibre(sh: Tensor, ch: Tensor, tau: Tensor) -> Tensor:
     theta = 2 * torch.atan2(sh, ch)
     # cut point A: ω(A)² = θ² + 2·CUT·τ; sin²(ω/2) − sin²(θ/2) = sin((ω−θ)/2) sin((ω+θ)/2)
     d = 2 * _CUT * tau / (torch.sqrt(theta ** 2 + 2 * _CUT * tau) + theta)
@@ -105,25 +88,8 @@ def _fibre(sh: Tensor, ch: Tensor, tau: Tensor, slope: bool):
     t = tau[..., None]
     log_g = torch.log(omega / s_om) - omega * omega / (2 * t)
     log_sum = torch.logsumexp(log_g, -1)
-    log_p = (log_sum + torch.log(A / _NODES) - 0.5 * math.log(2)
-             + tau / 8 - 1.5 * torch.log(tau) - _LOG_NORMALISER)
-    if not slope:
-        return log_p
-    # d/dz at fixed α: ∂ω/∂z = −cot(ω/2)/(2v), v = cos²(θ/2); d/dω log g = 1/ω − ω/τ − cot(ω/2)/2
-    cot = c_om / s_om
-    v = (ch * ch).clamp_min(1e-300)[..., None]
-    derivative = (omega * cot / t - _q_cot(omega, cot)) / (2 * v)
-    weights = torch.exp(log_g - log_sum[..., None])
-    return log_p, (weights * derivative).sum(-1)
-
-
-def _q_cot(omega: Tensor, cot: Tensor) -> Tensor:
-    """(1/ω − cot(ω/2)/2)·cot(ω/2), by its Taylor series below ω = 0.1 (the next term,
-    ω⁸/2395008, is below 5e-15 there; above it the direct form loses at most 1e-13)."""
-    o2 = omega * omega
-    series = 1 / 6 - o2 * (1 / 90 + o2 * (1 / 2520 + o2 / 75600))
-    direct = (1 / omega - cot / 2) * cot
-    return torch.where(omega < 0.1, series, direct)
+    return (log_sum + torch.log(A / _NODES) - 0.5 * math.log(2)
+            + tau / 8 - 1.5 * torch.log(tau) - _LOG_NORMALISER)
 
 
 # ---------------------------------------------------------------- geometry
