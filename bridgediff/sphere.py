@@ -335,10 +335,16 @@ class SphereBrownian(Process):
     def check_state(self, x: Tensor, name: str) -> None:
         check_unit_vectors(x, name, self, 3, "unit vectors")
 
-    def _tau(self, t: Tensor, x: Tensor) -> Tensor:
-        """τ = r t per vector, flattened to (N,), in float64."""
+    def _times(self, t: Tensor, x: Tensor) -> Tensor:
+        """τ = r t in float64: 0-d if t is (one time for the call), else per vector (N,)."""
         t = t.double()
-        return torch.broadcast_to(as_param(self.rate, t) * t, x.shape)[..., 0].reshape(-1)
+        tau = as_param(self.rate, t) * t
+        return tau if tau.ndim == 0 else torch.broadcast_to(tau, x.shape)[..., 0].reshape(-1)
+
+    def _tau(self, t: Tensor, x: Tensor) -> Tensor:
+        """τ = r t per vector, (N,), in float64."""
+        tau = self._times(t, x)
+        return tau.expand(x.shape[:-1].numel()).contiguous() if tau.ndim == 0 else tau
 
     def sample_forward(self, t, x0, generator=None):
         rotations = _forward_rotations(self._tau(t, x0), generator)
@@ -352,11 +358,6 @@ class SphereBrownian(Process):
         x = _bridge(_unit64(x0).reshape(-1, 3), _unit64(x_t).reshape(-1, 3), tau_s, tau_rest,
                     dtype, generator)
         return _in_dtype(x, x_t)
-
-    def _times(self, t: Tensor, x: Tensor) -> Tensor:
-        """τ = r t in float64: 0-d if t is (one time for the call), else per vector (N,)."""
-        tau = as_param(self.rate, t) * t
-        return tau if tau.ndim == 0 else self._tau(t, x)
 
     def sample_equilibrium(self, shape, *, generator=None, device=None, dtype=None):
         shape = torch.Size(shape)
@@ -397,9 +398,9 @@ class SphereBrownian(Process):
 
     def forward_log_prob(self, t, x0, x_t):
         """log p_{rt}(∠(x0, x_t)), the heat kernel (computed in float64)."""
-        tau = torch.broadcast_to(as_param(self.rate, t.double()) * t.double(), x_t.shape)[..., 0]
         half_sin, half_cos = _halves(_unit64(x0), _unit64(x_t))
-        return _log_heat(half_sin, half_cos, tau.expand_as(half_sin).contiguous()).to(x_t.dtype)
+        tau = self._tau(t, x_t).reshape(half_sin.shape)
+        return _log_heat(half_sin, half_cos, tau).to(x_t.dtype)
 
     def equilibrium_log_prob(self, x):
         return torch.full(x.shape[:-1], -math.log(4 * math.pi), dtype=x.dtype, device=x.device)
