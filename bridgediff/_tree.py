@@ -90,13 +90,11 @@ def map_tree(fn, process, args, names, *, shared=(), out=0, _path=""):
         if i in shared and is_node(a):
             raise TypeError(f"{name} is a {type(a).__name__} but its process is a single "
                             f"{type(process).__name__}")
-    if not _path:
-        return fn(process, *args)
     try:
         return fn(process, *args)
     except (TypeError, ValueError) as error:
-        if type(error) not in (TypeError, ValueError):
-            raise                      # a subclass may not take one message
+        if not _path or type(error) not in (TypeError, ValueError):
+            raise           # a single process, or a subclass that may not take one message
         # inside a structure, say which component: two may share a class
         raise type(error)(f"component {_path} ({type(process).__name__}): {error}") from None
 

@@ -358,9 +358,10 @@ def _time_grids(process, timesteps, x_T):
     (one shared grid) or a structure of them matching ``process`` (one grid per component)."""
     if not _one_grid_per_component(process, timesteps):
         states = leaves(unmasked(x_T))
-        for dtype in {time_dtype(x) for x in states}:   # no step may collapse in any of them
+        promoted = time_dtype(*states)
+        for dtype in {time_dtype(x) for x in states} - {promoted}:   # nor in a narrower one
             check_timesteps(timesteps, dtype)
-        times = check_timesteps(timesteps, time_dtype(*states)).to(states[0].device)
+        times = check_timesteps(timesteps, promoted).to(states[0].device)
         return len(times), times.__getitem__
 
     def grid(p, x, ts):
